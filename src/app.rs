@@ -1,0 +1,263 @@
+//! The composition root: builds every stage from the config, wires them (receive → route →
+//! buffer → decide → export), serves the listeners, and shuts down in tiers within a deadline.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, AdminState};
+use crate::buffer::{self, KeptSink, Limits};
+use crate::config::Config;
+use crate::export::{self, sink::Sink};
+use crate::model::{DropReason, TenantId};
+use crate::otlp::encode::AnnotationKeys;
+use crate::otlp::ingest::IngestOptions;
+use crate::receive::{self, Receiver};
+use crate::reload::LiveRules;
+use crate::route::Router;
+use crate::stats::Stats;
+
+/// Attribute naming the deciding rule on every exported span.
+pub const RULE_ATTRIBUTE: &str = "tailsift.rule";
+
+/// A running proxy.
+pub struct Running {
+    /// Bound OTLP/gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// Bound OTLP/HTTP address.
+    pub http_addr: SocketAddr,
+    /// Bound admin address.
+    pub admin_addr: SocketAddr,
+    /// Counters, for tests and the caller's final report.
+    pub stats: Arc<Stats>,
+    /// The live rules.
+    pub rules: Arc<LiveRules>,
+    stop: watch::Sender<bool>,
+    done: JoinHandle<()>,
+}
+
+/// Starts every stage and listener; returns once all listeners are bound.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let stats = Arc::new(Stats::default());
+    let rules = Arc::new(
+        LiveRules::load(&config.rules.file)
+            .with_context(|| format!("loading rules from {}", config.rules.file.display()))?,
+    );
+    let keys = AnnotationKeys {
+        sample_rate: config.export.sample_rate_attribute.clone(),
+        rule: RULE_ATTRIBUTE.to_string(),
+    };
+
+    // export
+    let sink = Sink::build(&config.export).context("setting up the exporter")?;
+    let (intake, export_rx) = export::intake(&config.export, stats.clone());
+    let exporter = tokio::spawn(export::run(
+        export_rx,
+        sink,
+        config.export.clone(),
+        keys.clone(),
+        stats.clone(),
+    ));
+
+    // buffer shards
+    let shard_count = match config.buffer.shards {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let limits = Limits {
+        root_grace: config.buffer.root_grace.0,
+        trace_timeout: config.buffer.trace_timeout.0,
+        max_spans_per_trace: config.buffer.max_spans_per_trace,
+        // Early decisions start at 90% of the budget; refusals at 100% (receive).
+        max_bytes: config.buffer.max_memory.bytes() / 10 * 9 / shard_count,
+        decision_cache: config.buffer.decision_cache_traces / shard_count,
+    };
+    let intake: Arc<dyn KeptSink> = Arc::new(intake);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut shard_senders = Vec::with_capacity(shard_count);
+    let mut shards = Vec::with_capacity(shard_count);
+    for _ in 0..shard_count {
+        let (tx, rx) = mpsc::channel(256);
+        shard_senders.push(tx);
+        shards.push(tokio::spawn(buffer::run_shard(
+            buffer::table::Table::new(limits.clone()),
+            rx,
+            stop_rx.clone(),
+            rules.handle(),
+            intake.clone(),
+            stats.clone(),
+        )));
+    }
+    drop(intake);
+
+    // receive
+    let receiver = Arc::new(Receiver::new(
+        IngestOptions {
+            tenant_attribute: config.tenant.resource_attribute.clone(),
+            default_tenant: TenantId::new(&config.tenant.default),
+            reserved_attributes: keys.reserved(),
+        },
+        Router::new(shard_senders, config.receive.queue_timeout.0),
+        stats.clone(),
+        config.tenant.header.clone(),
+        config.receive.max_request_bytes.bytes(),
+        config.buffer.max_memory.bytes(),
+    ));
+    let grpc_listener = bind(config.receive.grpc_listen, "receive.grpc_listen").await?;
+    let http_listener = bind(config.receive.http_listen, "receive.http_listen").await?;
+    let admin_listener = bind(config.admin.listen, "admin.listen").await?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let grpc = {
+        let mut stop = stop_rx.clone();
+        let svc = receive::grpc::TraceService::new(receiver.clone());
+        let server = tonic::transport::Server::builder()
+            .concurrency_limit_per_connection(config.receive.max_concurrent_requests)
+            .tcp_nodelay(true)
+            .add_service(svc);
+        let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
+        tokio::spawn(async move {
+            let signal = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = server.serve_with_incoming_shutdown(incoming, signal).await {
+                tracing::error!(error = %e, "gRPC listener failed");
+            }
+        })
+    };
+    let http = {
+        let mut stop = stop_rx.clone();
+        let app = receive::http::router(receiver.clone(), config.receive.max_concurrent_requests);
+        tokio::spawn(async move {
+            let signal = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(http_listener, app).with_graceful_shutdown(signal).await {
+                tracing::error!(error = %e, "HTTP listener failed");
+            }
+        })
+    };
+    let ready = Arc::new(AtomicBool::new(true));
+    let admin_task = {
+        let mut stop = stop_rx.clone();
+        let app = admin::router(AdminState {
+            stats: stats.clone(),
+            rules: rules.clone(),
+            ready: ready.clone(),
+            max_memory: config.buffer.max_memory.0 as i64,
+        });
+        tokio::spawn(async move {
+            // The admin API stays up until the very end, so shutdown can be watched.
+            let signal = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            let _ = axum::serve(admin_listener, app).with_graceful_shutdown(signal).await;
+        })
+    };
+
+    let deadline = config.shutdown.timeout.0;
+    let done = {
+        let stats = stats.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let _ = stop.wait_for(|s| *s).await;
+            ready.store(false, Relaxed);
+            receiver.stop_accepting();
+            let drain = async {
+                let _ = grpc.await;
+                let _ = http.await;
+                for shard in shards {
+                    let _ = shard.await;
+                }
+                let _ = exporter.await;
+            };
+            if tokio::time::timeout(deadline, drain).await.is_err() {
+                let buffered = stats.buffered_spans.load(Relaxed).max(0) as u64;
+                let queued = stats.export_queue_spans.load(Relaxed).max(0) as u64;
+                tracing::error!(buffered, queued, "shutdown deadline passed; undelivered spans counted as dropped");
+                stats.drop_spans(DropReason::ShutdownDeadline, buffered + queued);
+            }
+            let _ = admin_task.await;
+        })
+    };
+
+    tracing::info!(
+        "tailsift listening grpc={grpc_addr} http={http_addr} admin={admin_addr} shards={shard_count}"
+    );
+    Ok(Running {
+        grpc_addr,
+        http_addr,
+        admin_addr,
+        stats,
+        rules,
+        stop: stop_tx,
+        done,
+    })
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({key})"))
+}
+
+impl Running {
+    /// Shuts down in tiers (stop accepting, decide everything, flush export) and waits.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.done.await;
+    }
+}
+
+/// Runs until SIGTERM or SIGINT, then shuts down gracefully; SIGHUP reloads the rules.
+pub async fn run_until_signal(config: Config) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    wait_for_signal(&running).await;
+    tracing::info!("shutting down: deciding buffered traces and flushing exports");
+    let stats = running.stats.clone();
+    running.shutdown().await;
+    tracing::info!(
+        received = stats.spans_received.load(Relaxed),
+        exported = stats.spans_exported.load(Relaxed),
+        dropped_by_rules = stats.dropped(DropReason::Rule) + stats.dropped(DropReason::Sampled),
+        export_failed = stats.dropped(DropReason::ExportFailed),
+        shutdown_dropped = stats.dropped(DropReason::ShutdownDeadline),
+        "stopped"
+    );
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_signal(running: &Running) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading rules");
+                let _ = running.rules.reload();
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal(_running: &Running) {
+    let _ = tokio::signal::ctrl_c().await;
+}

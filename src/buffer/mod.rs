@@ -1,0 +1,148 @@
+//! The buffer stage: shards that each own a slice of the trace-id space (no global lock), hold
+//! spans until their trace is ready, decide it with the live rules and hand kept spans to
+//! export. One task per shard; the logic lives in the synchronous [`table::Table`].
+
+pub mod table;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::decide::Decider;
+use crate::model::{DropReason, KeptSpans, SpanRecord};
+use crate::rules::RuleSet;
+use crate::stats::Stats;
+use table::{Occupancy, Ready, Table};
+
+pub use table::Limits;
+
+/// Where a shard sends kept spans (the export stage's intake).
+pub trait KeptSink: Send + Sync + 'static {
+    /// Takes kept spans; never blocks (overflow is counted by the sink).
+    fn submit(&self, kept: KeptSpans);
+}
+
+/// A batch of spans for one shard.
+pub type ShardBatch = Vec<SpanRecord>;
+
+/// Runs one shard until its intake closes, then decides everything it still holds.
+pub async fn run_shard(
+    mut table: Table,
+    mut intake: mpsc::Receiver<ShardBatch>,
+    mut stop: watch::Receiver<bool>,
+    rules: Arc<ArcSwap<RuleSet>>,
+    sink: Arc<dyn KeptSink>,
+    stats: Arc<Stats>,
+) {
+    let mut decider = Decider::default();
+    let mut ready = Vec::new();
+    let mut last = Occupancy::default();
+    let mut stopping = false;
+    loop {
+        let deadline = table.next_deadline();
+        tokio::select! {
+            biased;
+            batch = intake.recv() => match batch {
+                Some(batch) => table.insert(batch, Instant::now(), &mut ready),
+                None => break,
+            },
+            // Shutdown: refuse new batches, finish the queued ones, then drain.
+            _ = stop.wait_for(|s| *s), if !stopping => {
+                stopping = true;
+                intake.close();
+            }
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                table.expire(Instant::now(), &mut ready);
+            }
+        }
+        settle(&mut table, &mut ready, &mut decider, &rules, &*sink, &stats);
+        last = report(&table, last, &stats);
+    }
+    table.drain(&mut ready);
+    settle(&mut table, &mut ready, &mut decider, &rules, &*sink, &stats);
+    report(&table, last, &stats);
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(d) = deadline {
+        tokio::time::sleep_until(d).await;
+    }
+}
+
+/// Publishes the change in this shard's occupancy to the shared gauges.
+fn report(table: &Table, last: Occupancy, stats: &Stats) -> Occupancy {
+    let now = table.occupancy();
+    stats
+        .buffered_traces
+        .fetch_add(now.traces as i64 - last.traces as i64, Relaxed);
+    stats
+        .buffered_spans
+        .fetch_add(now.spans as i64 - last.spans as i64, Relaxed);
+    stats
+        .buffered_bytes
+        .fetch_add(now.bytes as i64 - last.bytes as i64, Relaxed);
+    now
+}
+
+/// Decides ready traces and routes late spans, with one rule-set snapshot for the lot.
+fn settle(
+    table: &mut Table,
+    ready: &mut Vec<Ready>,
+    decider: &mut Decider,
+    rules: &ArcSwap<RuleSet>,
+    sink: &dyn KeptSink,
+    stats: &Stats,
+) {
+    if ready.is_empty() {
+        return;
+    }
+    let rules = rules.load();
+    for item in ready.drain(..) {
+        match item {
+            Ready::Trace(trace) => {
+                let decision = decider.decide(&trace, &rules);
+                stats.traces_decided.fetch_add(1, Relaxed);
+                stats.decided_by(trace.cause, 1);
+                table.remember(trace.trace_id, decision.clone());
+                if decision.keep {
+                    stats.traces_kept.fetch_add(1, Relaxed);
+                }
+                hand_on(sink, stats, trace.tenant, decision, trace.spans);
+            }
+            Ready::Late {
+                tenant,
+                decision,
+                spans,
+            } => {
+                stats.late_spans.fetch_add(spans.len() as u64, Relaxed);
+                hand_on(sink, stats, tenant, decision, spans);
+            }
+        }
+    }
+}
+
+/// Sends kept spans on to export, or counts dropped ones with their reason.
+fn hand_on(
+    sink: &dyn KeptSink,
+    stats: &Stats,
+    tenant: crate::model::TenantId,
+    decision: crate::model::Decision,
+    spans: Vec<SpanRecord>,
+) {
+    let n = spans.len() as u64;
+    if decision.keep {
+        stats.spans_kept.fetch_add(n, Relaxed);
+        sink.submit(KeptSpans {
+            tenant,
+            decision,
+            spans,
+        });
+    } else if decision.sample_rate == 0 {
+        stats.drop_spans(DropReason::Rule, n);
+    } else {
+        stats.drop_spans(DropReason::Sampled, n);
+    }
+}

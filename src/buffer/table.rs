@@ -1,0 +1,421 @@
+//! The synchronous core of one buffer shard: spans grouped by trace id, the timers that say
+//! when a trace is ready, the memory budget, and the cache of recent decisions. It takes `now`
+//! as a parameter and does no I/O, so tests drive it with any clock.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::model::{CompleteTrace, DecideCause, Decision, SpanRecord, TenantId, TraceId};
+
+/// Limits a shard enforces.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Decide this long after the root span arrived.
+    pub root_grace: Duration,
+    /// Decide at the latest this long after the first span.
+    pub trace_timeout: Duration,
+    /// Decide when a trace holds this many spans.
+    pub max_spans_per_trace: usize,
+    /// Above this many accounted bytes, the oldest traces are decided early.
+    pub max_bytes: usize,
+    /// Decisions remembered for late spans.
+    pub decision_cache: usize,
+}
+
+/// Something the shard hands to its driver.
+#[derive(Debug)]
+pub enum Ready {
+    /// A trace to decide.
+    Trace(CompleteTrace),
+    /// Spans of a trace decided earlier: they follow that decision.
+    Late {
+        /// The tenant of the spans.
+        tenant: TenantId,
+        /// The earlier decision.
+        decision: Decision,
+        /// The late spans.
+        spans: Vec<SpanRecord>,
+    },
+}
+
+struct Entry {
+    spans: Vec<SpanRecord>,
+    tenant: TenantId,
+    first_seen: Instant,
+    deadline: Instant,
+    has_root: bool,
+    bytes: usize,
+}
+
+/// One shard's traces.
+pub struct Table {
+    limits: Limits,
+    traces: HashMap<TraceId, Entry>,
+    deadlines: BinaryHeap<Reverse<(Instant, TraceId)>>,
+    arrivals: VecDeque<(Instant, TraceId)>,
+    decisions: HashMap<TraceId, Decision>,
+    decision_order: VecDeque<TraceId>,
+    bytes: usize,
+    spans: usize,
+}
+
+/// Counts a shard reports after each step, for gauges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Occupancy {
+    /// Traces held.
+    pub traces: usize,
+    /// Spans held.
+    pub spans: usize,
+    /// Accounted bytes held.
+    pub bytes: usize,
+}
+
+impl Table {
+    /// An empty shard.
+    pub fn new(limits: Limits) -> Self {
+        Table {
+            limits,
+            traces: HashMap::new(),
+            deadlines: BinaryHeap::new(),
+            arrivals: VecDeque::new(),
+            decisions: HashMap::new(),
+            decision_order: VecDeque::new(),
+            bytes: 0,
+            spans: 0,
+        }
+    }
+
+    /// What the shard holds now.
+    pub fn occupancy(&self) -> Occupancy {
+        Occupancy {
+            traces: self.traces.len(),
+            spans: self.spans,
+            bytes: self.bytes,
+        }
+    }
+
+    /// Adds spans; traces that became ready (span limit, memory pressure, due timers) and late
+    /// spans are appended to `out`.
+    pub fn insert(&mut self, batch: Vec<SpanRecord>, now: Instant, out: &mut Vec<Ready>) {
+        let mut late: Vec<(TraceId, SpanRecord)> = Vec::new();
+        for span in batch {
+            let trace_id = span.index.trace_id;
+            if let Some(entry) = self.traces.get_mut(&trace_id) {
+                if span.index.is_root() && !entry.has_root {
+                    entry.has_root = true;
+                    let due = now + self.limits.root_grace;
+                    if due < entry.deadline {
+                        entry.deadline = due;
+                        self.deadlines.push(Reverse((due, trace_id)));
+                    }
+                }
+                let size = span.accounted_bytes();
+                entry.bytes += size;
+                self.bytes += size;
+                self.spans += 1;
+                entry.spans.push(span);
+                if entry.spans.len() >= self.limits.max_spans_per_trace {
+                    self.complete(trace_id, DecideCause::SpanLimit, out);
+                }
+                continue;
+            }
+            if self.decisions.contains_key(&trace_id) {
+                late.push((trace_id, span));
+                continue;
+            }
+            let is_root = span.index.is_root();
+            let deadline = now
+                + if is_root {
+                    self.limits.root_grace
+                } else {
+                    self.limits.trace_timeout
+                };
+            let size = span.accounted_bytes();
+            self.bytes += size;
+            self.spans += 1;
+            let tenant = span.origin.tenant.clone();
+            self.traces.insert(
+                trace_id,
+                Entry {
+                    spans: vec![span],
+                    tenant,
+                    first_seen: now,
+                    deadline,
+                    has_root: is_root,
+                    bytes: size,
+                },
+            );
+            self.deadlines.push(Reverse((deadline, trace_id)));
+            self.arrivals.push_back((now, trace_id));
+            if self.limits.max_spans_per_trace <= 1 {
+                self.complete(trace_id, DecideCause::SpanLimit, out);
+            }
+        }
+        self.emit_late(late, out);
+        self.relieve_memory_pressure(out);
+        self.expire(now, out);
+    }
+
+    fn emit_late(&mut self, mut late: Vec<(TraceId, SpanRecord)>, out: &mut Vec<Ready>) {
+        if late.is_empty() {
+            return;
+        }
+        late.sort_by_key(|(id, _)| *id);
+        let mut current: Option<(TraceId, Vec<SpanRecord>)> = None;
+        for (id, span) in late {
+            match &mut current {
+                Some((cid, spans)) if *cid == id => spans.push(span),
+                _ => {
+                    if let Some((cid, spans)) = current.take() {
+                        self.push_late(cid, spans, out);
+                    }
+                    current = Some((id, vec![span]));
+                }
+            }
+        }
+        if let Some((cid, spans)) = current {
+            self.push_late(cid, spans, out);
+        }
+    }
+
+    fn push_late(&self, trace_id: TraceId, spans: Vec<SpanRecord>, out: &mut Vec<Ready>) {
+        if let Some(decision) = self.decisions.get(&trace_id) {
+            out.push(Ready::Late {
+                tenant: spans[0].origin.tenant.clone(),
+                decision: decision.clone(),
+                spans,
+            });
+        }
+    }
+
+    /// Decides oldest-first while the shard is over its byte budget.
+    fn relieve_memory_pressure(&mut self, out: &mut Vec<Ready>) {
+        while self.bytes > self.limits.max_bytes {
+            let Some((seen, trace_id)) = self.arrivals.pop_front() else {
+                break;
+            };
+            let current = self.traces.get(&trace_id).map(|e| e.first_seen);
+            if current == Some(seen) {
+                self.complete(trace_id, DecideCause::MemoryPressure, out);
+            }
+        }
+    }
+
+    /// Moves every trace whose timer is due to `out`.
+    pub fn expire(&mut self, now: Instant, out: &mut Vec<Ready>) {
+        while let Some(Reverse((due, trace_id))) = self.deadlines.peek().copied() {
+            if due > now {
+                break;
+            }
+            self.deadlines.pop();
+            let cause = match self.traces.get(&trace_id) {
+                Some(e) if e.deadline == due => {
+                    if e.has_root {
+                        DecideCause::RootGrace
+                    } else {
+                        DecideCause::Timeout
+                    }
+                }
+                _ => continue, // decided already, or its deadline moved earlier
+            };
+            self.complete(trace_id, cause, out);
+        }
+        // Keep the arrival queue from growing with decided traces' ids.
+        while let Some((seen, id)) = self.arrivals.front() {
+            match self.traces.get(id) {
+                Some(e) if e.first_seen == *seen => break,
+                _ => {
+                    self.arrivals.pop_front();
+                }
+            }
+        }
+    }
+
+    /// When the next timer is due.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.peek().map(|Reverse((due, _))| *due)
+    }
+
+    /// Hands out every buffered trace (shutdown).
+    pub fn drain(&mut self, out: &mut Vec<Ready>) {
+        let ids: Vec<TraceId> = self.traces.keys().copied().collect();
+        for id in ids {
+            self.complete(id, DecideCause::Shutdown, out);
+        }
+        self.deadlines.clear();
+        self.arrivals.clear();
+    }
+
+    /// Remembers a decision so late spans of the trace follow it.
+    pub fn remember(&mut self, trace_id: TraceId, decision: Decision) {
+        if self.limits.decision_cache == 0 {
+            return;
+        }
+        if self.decisions.insert(trace_id, decision).is_none() {
+            self.decision_order.push_back(trace_id);
+            while self.decision_order.len() > self.limits.decision_cache {
+                if let Some(old) = self.decision_order.pop_front() {
+                    self.decisions.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// The remembered decision for a trace, if any.
+    pub fn decision(&self, trace_id: &TraceId) -> Option<&Decision> {
+        self.decisions.get(trace_id)
+    }
+
+    fn complete(&mut self, trace_id: TraceId, cause: DecideCause, out: &mut Vec<Ready>) {
+        if let Some(entry) = self.traces.remove(&trace_id) {
+            self.bytes -= entry.bytes;
+            self.spans -= entry.spans.len();
+            out.push(Ready::Trace(CompleteTrace {
+                trace_id,
+                tenant: entry.tenant,
+                spans: entry.spans,
+                cause,
+            }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Origin, SpanIndex};
+    use std::sync::Arc;
+
+    fn limits() -> Limits {
+        Limits {
+            root_grace: Duration::from_secs(2),
+            trace_timeout: Duration::from_secs(30),
+            max_spans_per_trace: 100,
+            max_bytes: 1 << 30,
+            decision_cache: 10,
+        }
+    }
+
+    fn span(trace: u8, id: u8, parent: u8) -> SpanRecord {
+        let mut index = SpanIndex {
+            trace_id: TraceId([trace; 16]),
+            span_id: [id; 8],
+            ..Default::default()
+        };
+        if parent != 0 {
+            index.parent_span_id = [parent; 8];
+        }
+        SpanRecord {
+            bytes: bytes::Bytes::from(vec![0u8; 100]),
+            origin: Arc::new(Origin {
+                tenant: TenantId::new("t"),
+                resource: Default::default(),
+                resource_schema_url: Default::default(),
+                scope: Default::default(),
+                scope_schema_url: Default::default(),
+                content_hash: 0,
+            }),
+            index,
+        }
+    }
+
+    fn traces(out: &[Ready]) -> Vec<(TraceId, usize, DecideCause)> {
+        out.iter()
+            .filter_map(|r| match r {
+                Ready::Trace(t) => Some((t.trace_id, t.spans.len(), t.cause)),
+                Ready::Late { .. } => None,
+            })
+            .collect()
+    }
+
+    fn decision() -> Decision {
+        Decision {
+            keep: true,
+            sample_rate: 1,
+            threshold: 0,
+            rule: "r".into(),
+        }
+    }
+
+    #[test]
+    fn trace_is_decided_root_grace_after_its_root() {
+        let mut t = Table::new(limits());
+        let start = Instant::now();
+        let mut out = Vec::new();
+        t.insert(vec![span(1, 2, 1)], start, &mut out);
+        t.insert(vec![span(1, 1, 0)], start + Duration::from_secs(1), &mut out);
+        t.expire(start + Duration::from_millis(2900), &mut out);
+        assert!(out.is_empty());
+        t.expire(start + Duration::from_secs(3), &mut out);
+        assert_eq!(traces(&out), vec![(TraceId([1; 16]), 2, DecideCause::RootGrace)]);
+        assert_eq!(t.occupancy(), Occupancy::default());
+    }
+
+    #[test]
+    fn trace_without_root_is_decided_at_timeout() {
+        let mut t = Table::new(limits());
+        let start = Instant::now();
+        let mut out = Vec::new();
+        t.insert(vec![span(1, 2, 1)], start, &mut out);
+        t.expire(start + Duration::from_secs(29), &mut out);
+        assert!(out.is_empty());
+        assert_eq!(t.next_deadline(), Some(start + Duration::from_secs(30)));
+        t.expire(start + Duration::from_secs(30), &mut out);
+        assert_eq!(traces(&out), vec![(TraceId([1; 16]), 1, DecideCause::Timeout)]);
+    }
+
+    #[test]
+    fn span_limit_decides_at_once_and_later_spans_are_late() {
+        let mut l = limits();
+        l.max_spans_per_trace = 3;
+        let mut t = Table::new(l);
+        let now = Instant::now();
+        let mut out = Vec::new();
+        t.insert(vec![span(1, 1, 0), span(1, 2, 1), span(1, 3, 1)], now, &mut out);
+        assert_eq!(traces(&out), vec![(TraceId([1; 16]), 3, DecideCause::SpanLimit)]);
+        t.remember(TraceId([1; 16]), decision());
+        out.clear();
+        t.insert(vec![span(1, 4, 1), span(1, 5, 1)], now, &mut out);
+        match &out[..] {
+            [Ready::Late { spans, decision, .. }] => {
+                assert_eq!(spans.len(), 2);
+                assert!(decision.keep);
+            }
+            other => panic!("expected late spans, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn memory_pressure_decides_oldest_traces_first() {
+        let mut l = limits();
+        l.max_bytes = 3 * span(1, 1, 0).accounted_bytes();
+        let mut t = Table::new(l);
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for trace in 1..=4u8 {
+            t.insert(vec![span(trace, 1, 9)], now + Duration::from_millis(trace.into()), &mut out);
+        }
+        assert_eq!(traces(&out), vec![(TraceId([1; 16]), 1, DecideCause::MemoryPressure)]);
+        assert_eq!(t.occupancy().traces, 3);
+    }
+
+    #[test]
+    fn drain_hands_out_everything_and_cache_is_bounded() {
+        let mut t = Table::new(limits());
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for trace in 1..=20u8 {
+            t.insert(vec![span(trace, 1, 0)], now, &mut out);
+        }
+        t.drain(&mut out);
+        assert_eq!(traces(&out).len(), 20);
+        for trace in 1..=20u8 {
+            t.remember(TraceId([trace; 16]), decision());
+        }
+        assert!(t.decision(&TraceId([1; 16])).is_none());
+        assert!(t.decision(&TraceId([20; 16])).is_some());
+    }
+}

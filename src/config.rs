@@ -1,0 +1,525 @@
+//! The proxy's configuration file (TOML), validated once at the edge into typed values.
+//! Every key has a default, so an empty file (or no file) is a working configuration; unknown
+//! keys are errors. `docs/configuration.md` documents each key; keep the two in step.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has wrong or unknown keys (the message has line and column).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// What the TOML parser said, with position.
+        message: String,
+    },
+    /// Values that parse but cannot work together.
+    #[error("{path}: {}", .problems.join("; "))]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// One line per problem, naming the key and how to fix it.
+        problems: Vec<String>,
+    },
+}
+
+/// A duration written as `250ms`, `2s`, `1.5s`, `5m`, `1h`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_duration(s).map(HumanDuration)
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `<number><unit>` with units ns, us, ms, s, m, h.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("duration {s:?} needs a unit: ns, us, ms, s, m or h (e.g. \"2s\")"))?;
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("duration {s:?} must start with a number (e.g. \"250ms\")"))?;
+    let nanos_per_unit = match unit {
+        "ns" => 1.0,
+        "us" | "µs" => 1e3,
+        "ms" => 1e6,
+        "s" => 1e9,
+        "m" => 60e9,
+        "h" => 3600e9,
+        _ => {
+            return Err(format!(
+                "duration {s:?} has unknown unit {unit:?}: use ns, us, ms, s, m or h"
+            ))
+        }
+    };
+    let nanos = value * nanos_per_unit;
+    if !nanos.is_finite() || nanos < 0.0 || nanos > 1e18 {
+        return Err(format!("duration {s:?} is out of range"));
+    }
+    Ok(Duration::from_nanos(nanos as u64))
+}
+
+/// A byte size written as `512MiB`, `1GiB`, `64KiB`, `100MB` or a plain number of bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (number, unit) = s.split_at(split);
+        let value: u64 = number
+            .parse()
+            .map_err(|_| format!("size {s:?} must start with a whole number (e.g. \"512MiB\")"))?;
+        let multiplier: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            other => {
+                return Err(format!(
+                    "size {s:?} has unknown unit {other:?}: use B, KiB, MiB, GiB, KB, MB or GB"
+                ))
+            }
+        };
+        value
+            .checked_mul(multiplier)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl ByteSize {
+    /// The size as usize (saturating on 32-bit targets).
+    pub fn bytes(&self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+}
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// OTLP listeners and request limits.
+    pub receive: ReceiveConfig,
+    /// How the tenant of a span is found.
+    pub tenant: TenantConfig,
+    /// Holding spans until their trace is decided.
+    pub buffer: BufferConfig,
+    /// Where the sampling rules live.
+    pub rules: RulesConfig,
+    /// Where kept traces go.
+    pub export: ExportConfig,
+    /// The admin HTTP API.
+    pub admin: AdminConfig,
+    /// Shutdown behaviour.
+    pub shutdown: ShutdownConfig,
+}
+
+/// `[receive]`: OTLP listeners and request limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiveConfig {
+    /// OTLP/gRPC listen address.
+    pub grpc_listen: SocketAddr,
+    /// OTLP/HTTP listen address.
+    pub http_listen: SocketAddr,
+    /// Largest accepted request body, after decompression.
+    pub max_request_bytes: ByteSize,
+    /// How long a request may wait for room in the buffer before it is refused with a
+    /// retryable code.
+    pub queue_timeout: HumanDuration,
+    /// Most requests handled at once per listener; more wait (gRPC) or are refused (HTTP 503).
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for ReceiveConfig {
+    fn default() -> Self {
+        ReceiveConfig {
+            grpc_listen: SocketAddr::from(([0, 0, 0, 0], 4317)),
+            http_listen: SocketAddr::from(([0, 0, 0, 0], 4318)),
+            max_request_bytes: ByteSize(16 << 20),
+            queue_timeout: HumanDuration(Duration::from_secs(2)),
+            max_concurrent_requests: 256,
+        }
+    }
+}
+
+/// `[tenant]`: how the tenant of a span is found.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantConfig {
+    /// Resource attribute naming the tenant, tried first.
+    pub resource_attribute: String,
+    /// gRPC metadata key / HTTP header naming the tenant, tried second.
+    pub header: String,
+    /// Tenant of spans that name none.
+    pub default: String,
+}
+
+impl Default for TenantConfig {
+    fn default() -> Self {
+        TenantConfig {
+            resource_attribute: "tenant.id".into(),
+            header: "x-tenant-id".into(),
+            default: "default".into(),
+        }
+    }
+}
+
+/// `[buffer]`: holding spans until their trace is decided.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BufferConfig {
+    /// Decide this long after the root span arrived.
+    pub root_grace: HumanDuration,
+    /// Decide at the latest this long after the first span arrived.
+    pub trace_timeout: HumanDuration,
+    /// Decide a trace as soon as it holds this many spans.
+    pub max_spans_per_trace: usize,
+    /// Budget for buffered spans; above 90% of it the oldest traces are decided early, at it
+    /// new data is refused with retryable codes.
+    pub max_memory: ByteSize,
+    /// Number of buffer shards (0 = one per CPU core).
+    pub shards: usize,
+    /// Decisions remembered per proxy so late spans follow their trace's fate.
+    pub decision_cache_traces: usize,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig {
+            root_grace: HumanDuration(Duration::from_secs(2)),
+            trace_timeout: HumanDuration(Duration::from_secs(30)),
+            max_spans_per_trace: 10_000,
+            max_memory: ByteSize(1 << 30),
+            shards: 0,
+            decision_cache_traces: 200_000,
+        }
+    }
+}
+
+/// `[rules]`: where the sampling rules live.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// The rules file. When it is the default path and does not exist, built-in rules equal
+    /// to the shipped `rules/default.toml` are used.
+    pub file: PathBuf,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig {
+            file: PathBuf::from(DEFAULT_RULES_FILE),
+        }
+    }
+}
+
+/// The default rules path.
+pub const DEFAULT_RULES_FILE: &str = "rules/default.toml";
+
+/// Where kept traces go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportKind {
+    /// OTLP/JSON lines in a local file (the embedded default backend).
+    #[default]
+    File,
+    /// OTLP/gRPC to `endpoint`.
+    OtlpGrpc,
+    /// OTLP/HTTP protobuf to `endpoint` + `/v1/traces`.
+    OtlpHttp,
+}
+
+/// `[export]`: where kept traces go and how.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportConfig {
+    /// file | otlp_grpc | otlp_http.
+    pub kind: ExportKind,
+    /// Backend URL for otlp_grpc / otlp_http (`http://host:port`).
+    pub endpoint: String,
+    /// Output file for `kind = "file"`.
+    pub path: PathBuf,
+    /// Integer attribute carrying each kept span's sample rate.
+    pub sample_rate_attribute: String,
+    /// Most spans per export request.
+    pub batch_max_spans: usize,
+    /// Longest a kept span waits for its batch to fill.
+    pub batch_timeout: HumanDuration,
+    /// Kept spans waiting for export, in bytes; beyond it spans are dropped (counted as
+    /// `export_overflow`).
+    pub queue_max_bytes: ByteSize,
+    /// Export requests in flight at once.
+    pub max_in_flight: usize,
+    /// Timeout of one export request.
+    pub request_timeout: HumanDuration,
+    /// First retry delay (doubled per attempt, with jitter).
+    pub retry_initial: HumanDuration,
+    /// Longest retry delay.
+    pub retry_max: HumanDuration,
+    /// Give up on a batch after retrying this long (its spans are counted `export_failed`).
+    pub retry_max_elapsed: HumanDuration,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        ExportConfig {
+            kind: ExportKind::File,
+            endpoint: "http://127.0.0.1:14317".into(),
+            path: PathBuf::from("tailsift-kept.jsonl"),
+            sample_rate_attribute: "SampleRate".into(),
+            batch_max_spans: 8192,
+            batch_timeout: HumanDuration(Duration::from_millis(200)),
+            queue_max_bytes: ByteSize(256 << 20),
+            max_in_flight: 4,
+            request_timeout: HumanDuration(Duration::from_secs(10)),
+            retry_initial: HumanDuration(Duration::from_millis(100)),
+            retry_max: HumanDuration(Duration::from_secs(5)),
+            retry_max_elapsed: HumanDuration(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// `[admin]`: the admin HTTP API.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Listen address of the admin API (keep it on loopback or a private network).
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+/// `[shutdown]`: what happens on SIGTERM / SIGINT.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Deadline for deciding every buffered trace and flushing the export queue; what is
+    /// still unsent then is counted as `shutdown_deadline`.
+    pub timeout: HumanDuration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            timeout: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` names it in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but cannot work (each problem names its key and the fix).
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let b = &self.buffer;
+        if b.root_grace.0 >= b.trace_timeout.0 {
+            problems.push(format!(
+                "buffer.root_grace ({}) must be shorter than buffer.trace_timeout ({})",
+                b.root_grace, b.trace_timeout
+            ));
+        }
+        if b.max_spans_per_trace == 0 {
+            problems.push("buffer.max_spans_per_trace must be at least 1".into());
+        }
+        if b.max_memory.0 < 1 << 20 {
+            problems.push("buffer.max_memory must be at least 1MiB".into());
+        }
+        if self.receive.max_request_bytes.0 < 1024 {
+            problems.push("receive.max_request_bytes must be at least 1KiB".into());
+        }
+        if self.receive.max_concurrent_requests == 0 {
+            problems.push("receive.max_concurrent_requests must be at least 1".into());
+        }
+        let e = &self.export;
+        if e.kind != ExportKind::File {
+            match e.endpoint.parse::<http::Uri>() {
+                Ok(uri) if uri.scheme_str() == Some("http") || uri.scheme_str() == Some("https") => {
+                    if uri.scheme_str() == Some("https") {
+                        problems.push(format!(
+                            "export.endpoint {:?}: https is not supported yet; use http:// (e.g. to a local collector)",
+                            e.endpoint
+                        ));
+                    }
+                }
+                _ => problems.push(format!(
+                    "export.endpoint {:?} must be a URL like \"http://127.0.0.1:4317\"",
+                    e.endpoint
+                )),
+            }
+        }
+        if e.sample_rate_attribute.is_empty() {
+            problems.push("export.sample_rate_attribute must not be empty".into());
+        }
+        if e.batch_max_spans == 0 || e.max_in_flight == 0 {
+            problems.push("export.batch_max_spans and export.max_in_flight must be at least 1".into());
+        }
+        if e.retry_initial.0 > e.retry_max.0 {
+            problems.push("export.retry_initial must not exceed export.retry_max".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let c = Config::parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(c.receive.grpc_listen.port(), 4317);
+        assert_eq!(c.receive.http_listen.port(), 4318);
+        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.buffer.root_grace.0, Duration::from_secs(2));
+        assert_eq!(c.buffer.max_memory.0, 1 << 30);
+        assert_eq!(c.export.kind, ExportKind::File);
+        assert_eq!(c.rules.file, PathBuf::from("rules/default.toml"));
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let text = r#"
+[receive]
+grpc_listen = "0.0.0.0:4317"
+http_listen = "0.0.0.0:4318"
+max_request_bytes = "16MiB"
+[tenant]
+resource_attribute = "tenant.id"
+header = "x-tenant-id"
+default = "default"
+[buffer]
+root_grace = "2s"
+trace_timeout = "30s"
+max_spans_per_trace = 10000
+max_memory = "1GiB"
+[rules]
+file = "rules/default.toml"
+[export]
+kind = "file"
+endpoint = "http://127.0.0.1:14317"
+path = "tailsift-kept.jsonl"
+sample_rate_attribute = "SampleRate"
+[admin]
+listen = "127.0.0.1:8080"
+"#;
+        let c = Config::parse(text, Path::new("x.toml")).unwrap();
+        assert_eq!(c.receive.max_request_bytes.0, 16 << 20);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_a_line_number() {
+        let err = Config::parse("[buffer]\nroot_grace = \"2s\"\nroot_grase = \"1s\"\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("root_grase"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn bad_units_explain_the_fix() {
+        let err = Config::parse("[buffer]\nroot_grace = \"2 parsecs\"\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown unit"), "{err}");
+        assert!(parse_duration("1.5s").unwrap() == Duration::from_millis(1500));
+        assert_eq!("512MiB".parse::<ByteSize>().unwrap().0, 512 << 20);
+    }
+
+    #[test]
+    fn inconsistent_values_are_reported_together() {
+        let err = Config::parse(
+            "[buffer]\nroot_grace = \"40s\"\nmax_spans_per_trace = 0\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("root_grace") && err.contains("max_spans_per_trace"), "{err}");
+    }
+}

@@ -1,0 +1,167 @@
+//! Deciding a whole trace: the live rule set picks an action, and 1-in-N choices are made
+//! with the consistent threshold scheme (`consistent`), so every node decides a trace alike.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::consistent::{self, MAX};
+use crate::model::{CompleteTrace, Decision, SpanRecord, StatusCode};
+use crate::otlp::{find_attribute, AnyValue};
+use crate::rules::{Action, RuleSet, SpanKind, SpanStatus, SpanView, TraceView, Value};
+
+/// Name recorded for traces no rule matched (they are kept: nothing is lost by omission).
+pub const NO_RULE: &str = "(no rule)";
+
+/// Turns rule verdicts into decisions; owned by one buffer shard (no shared state).
+#[derive(Default)]
+pub struct Decider {
+    rule_names: HashMap<String, Arc<str>>,
+}
+
+impl Decider {
+    /// Decides one trace with the given rule-set snapshot.
+    pub fn decide(&mut self, trace: &CompleteTrace, rules: &RuleSet) -> Decision {
+        let view = TraceRef::new(trace);
+        let verdict = rules.evaluate(&view);
+        let rule = self.intern(verdict.rule.unwrap_or(NO_RULE));
+        let rate = match verdict.action {
+            Action::Drop => {
+                return Decision {
+                    keep: false,
+                    sample_rate: 0,
+                    threshold: MAX,
+                    rule,
+                }
+            }
+            Action::Sample { rate } => *rate,
+            // Dynamic samplers plug in here; until one is configured the trace is kept.
+            Action::Sampler(..) => 1,
+        };
+        let ot = upstream_state(&trace.spans);
+        let randomness = ot.randomness.unwrap_or_else(|| trace.trace_id.randomness());
+        let threshold = consistent::compose(ot.threshold.unwrap_or(0), rate);
+        Decision {
+            keep: consistent::keeps(randomness, threshold),
+            sample_rate: consistent::rate_for_threshold(threshold),
+            threshold,
+            rule,
+        }
+    }
+
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.rule_names.get(name) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(name);
+        self.rule_names.insert(name.to_string(), n.clone());
+        n
+    }
+}
+
+/// The upstream sampling state: from the root span's tracestate, else the first span with one.
+fn upstream_state(spans: &[SpanRecord]) -> consistent::OtState {
+    let with_state = spans
+        .iter()
+        .filter(|s| s.index.trace_state.len > 0)
+        .min_by_key(|s| !s.index.is_root());
+    match with_state {
+        Some(s) => {
+            let ts = s.index.trace_state.slice(&s.bytes);
+            consistent::parse_tracestate(std::str::from_utf8(ts).unwrap_or(""))
+        }
+        None => consistent::OtState::default(),
+    }
+}
+
+/// A `TraceView` over a buffered trace's encoded spans.
+pub struct TraceRef<'a> {
+    trace: &'a CompleteTrace,
+    root: Option<usize>,
+    duration: u64,
+}
+
+impl<'a> TraceRef<'a> {
+    /// A view of `trace`.
+    pub fn new(trace: &'a CompleteTrace) -> Self {
+        let root = trace.spans.iter().position(|s| s.index.is_root());
+        let start = trace.spans.iter().map(|s| s.index.start_unix_nanos).min().unwrap_or(0);
+        let end = trace.spans.iter().map(|s| s.index.end_unix_nanos).max().unwrap_or(0);
+        TraceRef {
+            trace,
+            root,
+            duration: end.saturating_sub(start),
+        }
+    }
+}
+
+impl TraceView for TraceRef<'_> {
+    type Span = SpanRecord;
+    fn tenant(&self) -> &str {
+        self.trace.tenant.as_str()
+    }
+    fn span_count(&self) -> usize {
+        self.trace.spans.len()
+    }
+    fn span(&self, i: usize) -> &SpanRecord {
+        &self.trace.spans[i]
+    }
+    fn root(&self) -> Option<&SpanRecord> {
+        self.root.map(|i| &self.trace.spans[i])
+    }
+    fn duration_nanos(&self) -> u64 {
+        self.duration
+    }
+}
+
+fn value(v: AnyValue<'_>) -> Option<Value<'_>> {
+    match v {
+        AnyValue::Str(s) => Some(Value::Str(s)),
+        AnyValue::Int(i) => Some(Value::Int(i)),
+        AnyValue::Double(f) => Some(Value::Float(f)),
+        AnyValue::Bool(b) => Some(Value::Bool(b)),
+        AnyValue::Other => None,
+    }
+}
+
+/// Rules read spans straight from their encoded bytes.
+impl SpanView for SpanRecord {
+    fn name(&self) -> &str {
+        std::str::from_utf8(self.index.name.slice(&self.bytes)).unwrap_or("")
+    }
+    fn status(&self) -> SpanStatus {
+        match self.index.status {
+            StatusCode::Unset => SpanStatus::Unset,
+            StatusCode::Ok => SpanStatus::Ok,
+            StatusCode::Error => SpanStatus::Error,
+        }
+    }
+    fn kind(&self) -> SpanKind {
+        match self.index.kind {
+            1 => SpanKind::Internal,
+            2 => SpanKind::Server,
+            3 => SpanKind::Client,
+            4 => SpanKind::Producer,
+            5 => SpanKind::Consumer,
+            _ => SpanKind::Unspecified,
+        }
+    }
+    fn duration_nanos(&self) -> u64 {
+        self
+            .index
+            .end_unix_nanos
+            .saturating_sub(self.index.start_unix_nanos)
+    }
+    fn is_root(&self) -> bool {
+        self.index.is_root()
+    }
+    fn attribute(&self, key: &str) -> Option<Value<'_>> {
+        let on_span = find_attribute(&self.bytes, 9, key.as_bytes()).ok().flatten();
+        let found = match on_span {
+            Some(v) => Some(v),
+            None => find_attribute(&self.origin.resource, 1, key.as_bytes())
+                .ok()
+                .flatten(),
+        };
+        found.and_then(value)
+    }
+}

@@ -1,0 +1,328 @@
+//! Where encoded export requests go: a local OTLP/JSON-lines file (the default), an OTLP/gRPC
+//! backend, or an OTLP/HTTP backend. Each send says whether a failure is worth retrying, using
+//! the codes the OTLP specification marks retryable.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::{Code, Status};
+
+use crate::config::{ExportConfig, ExportKind};
+use crate::otlp::wire::{Reader, LEN, VARINT};
+use crate::otlp::{json, EXPORT_PATH};
+
+/// A failed send.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SendError {
+    /// Whether the OTLP spec says the same request may succeed later.
+    pub retryable: bool,
+    /// How long the backend asked us to wait (RetryInfo / Retry-After).
+    pub retry_after: Option<Duration>,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl SendError {
+    fn permanent(message: String) -> Self {
+        SendError {
+            retryable: false,
+            retry_after: None,
+            message,
+        }
+    }
+    fn retryable(message: String, retry_after: Option<Duration>) -> Self {
+        SendError {
+            retryable: true,
+            retry_after,
+            message,
+        }
+    }
+}
+
+/// Why a sink could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The output file could not be opened.
+    #[error("cannot open export file {path}: {source}")]
+    File {
+        /// The path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The endpoint is not a usable URL.
+    #[error("invalid export endpoint {0:?}")]
+    Endpoint(String),
+}
+
+/// An export destination.
+#[derive(Clone)]
+pub enum Sink {
+    /// OTLP/JSON lines.
+    File(Arc<Mutex<std::io::BufWriter<std::fs::File>>>),
+    /// OTLP/gRPC.
+    Grpc(tonic::client::Grpc<tonic::transport::Channel>),
+    /// OTLP/HTTP protobuf.
+    Http {
+        /// HTTP client.
+        client: Client<HttpConnector, Full<Bytes>>,
+        /// Full URL of the traces endpoint.
+        url: http::Uri,
+        /// Timeout per request.
+        timeout: Duration,
+    },
+}
+
+impl Sink {
+    /// Builds the sink the config asks for.
+    pub fn build(config: &ExportConfig) -> Result<Sink, SinkError> {
+        match config.kind {
+            ExportKind::File => {
+                let path: &Path = &config.path;
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|source| SinkError::File {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                }
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|source| SinkError::File {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                Ok(Sink::File(Arc::new(Mutex::new(std::io::BufWriter::new(file)))))
+            }
+            ExportKind::OtlpGrpc => {
+                let endpoint = tonic::transport::Endpoint::from_shared(config.endpoint.clone())
+                    .map_err(|_| SinkError::Endpoint(config.endpoint.clone()))?
+                    .timeout(config.request_timeout.0)
+                    .connect_timeout(Duration::from_secs(5))
+                    .tcp_nodelay(true);
+                let channel = endpoint.connect_lazy();
+                Ok(Sink::Grpc(tonic::client::Grpc::new(channel)))
+            }
+            ExportKind::OtlpHttp => {
+                let base = config.endpoint.trim_end_matches('/');
+                let url = if base.ends_with("/v1/traces") {
+                    base.to_string()
+                } else {
+                    format!("{base}/v1/traces")
+                };
+                let url: http::Uri = url
+                    .parse()
+                    .map_err(|_| SinkError::Endpoint(config.endpoint.clone()))?;
+                let client = Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build(HttpConnector::new());
+                Ok(Sink::Http {
+                    client,
+                    url,
+                    timeout: config.request_timeout.0,
+                })
+            }
+        }
+    }
+
+    /// Sends one encoded `ExportTraceServiceRequest`.
+    pub async fn send(&self, body: Bytes) -> Result<(), SendError> {
+        match self {
+            Sink::File(file) => {
+                let file = file.clone();
+                tokio::task::spawn_blocking(move || write_json_line(&file, &body))
+                    .await
+                    .map_err(|e| SendError::permanent(format!("file writer failed: {e}")))?
+            }
+            Sink::Grpc(grpc) => {
+                let mut grpc = grpc.clone();
+                grpc.ready()
+                    .await
+                    .map_err(|e| SendError::retryable(format!("backend unreachable: {e}"), None))?;
+                let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
+                match grpc.unary(tonic::Request::new(body), path, RawCodec).await {
+                    Ok(_) => Ok(()),
+                    Err(status) => Err(classify_status(&status)),
+                }
+            }
+            Sink::Http {
+                client,
+                url,
+                timeout,
+            } => {
+                let request = http::Request::post(url.clone())
+                    .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+                    .body(Full::new(body))
+                    .map_err(|e| SendError::permanent(format!("cannot build request: {e}")))?;
+                let response = tokio::time::timeout(*timeout, client.request(request))
+                    .await
+                    .map_err(|_| SendError::retryable("backend timed out".into(), None))?
+                    .map_err(|e| SendError::retryable(format!("backend unreachable: {e}"), None))?;
+                let status = response.status();
+                let retry_after = response
+                    .headers()
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                let _ = response.into_body().collect().await;
+                if status.is_success() {
+                    Ok(())
+                } else if matches!(status.as_u16(), 429 | 502 | 503 | 504) {
+                    Err(SendError::retryable(format!("backend answered {status}"), retry_after))
+                } else {
+                    Err(SendError::permanent(format!("backend answered {status}")))
+                }
+            }
+        }
+    }
+}
+
+fn write_json_line(
+    file: &Mutex<std::io::BufWriter<std::fs::File>>,
+    body: &[u8],
+) -> Result<(), SendError> {
+    let mut line = Vec::with_capacity(body.len() * 2);
+    json::protobuf_to_json_line(body, &mut line)
+        .map_err(|e| SendError::permanent(format!("cannot write JSON: {e}")))?;
+    let mut file = file
+        .lock()
+        .map_err(|_| SendError::permanent("export file lock poisoned".into()))?;
+    file.write_all(&line)
+        .and_then(|_| file.flush())
+        .map_err(|e| SendError::retryable(format!("cannot write export file: {e}"), None))
+}
+
+/// Maps a gRPC status to retry advice (OTLP spec, "Failures" for OTLP/gRPC).
+pub fn classify_status(status: &Status) -> SendError {
+    let retry_after = retry_info_delay(status.details());
+    let message = format!("backend answered {:?}: {}", status.code(), status.message());
+    match status.code() {
+        Code::Cancelled
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unavailable
+        | Code::DataLoss => SendError::retryable(message, retry_after),
+        // Retryable only when the server says recovery is possible (RetryInfo present).
+        Code::ResourceExhausted if retry_after.is_some() => {
+            SendError::retryable(message, retry_after)
+        }
+        _ => SendError::permanent(message),
+    }
+}
+
+/// Reads `google.rpc.RetryInfo.retry_delay` from encoded `google.rpc.Status` details.
+pub fn retry_info_delay(details: &[u8]) -> Option<Duration> {
+    let mut reader = Reader::new(details);
+    while let Ok(Some((field, wt))) = reader.key() {
+        if field != 3 || wt != LEN {
+            reader.skip(wt).ok()?;
+            continue;
+        }
+        let any = &details[reader.len_delimited().ok()?];
+        let mut any_reader = Reader::new(any);
+        let (mut type_url, mut value): (&[u8], &[u8]) = (&[], &[]);
+        while let Ok(Some((f, wt))) = any_reader.key() {
+            match (f, wt) {
+                (1, LEN) => type_url = &any[any_reader.len_delimited().ok()?],
+                (2, LEN) => value = &any[any_reader.len_delimited().ok()?],
+                (_, wt) => any_reader.skip(wt).ok()?,
+            }
+        }
+        if !type_url.ends_with(b"google.rpc.RetryInfo") {
+            continue;
+        }
+        let mut info = Reader::new(value);
+        while let Ok(Some((f, wt))) = info.key() {
+            if f == 1 && wt == LEN {
+                let d = &value[info.len_delimited().ok()?];
+                let mut dr = Reader::new(d);
+                let (mut secs, mut nanos) = (0u64, 0u64);
+                while let Ok(Some((f, wt))) = dr.key() {
+                    match (f, wt) {
+                        (1, VARINT) => secs = dr.varint().ok()?,
+                        (2, VARINT) => nanos = dr.varint().ok()?,
+                        (_, wt) => dr.skip(wt).ok()?,
+                    }
+                }
+                return Some(Duration::from_secs(secs) + Duration::from_nanos(nanos % 1_000_000_000));
+            }
+            info.skip(wt).ok()?;
+        }
+    }
+    None
+}
+
+/// A tonic codec that passes encoded messages through untouched, so requests are written
+/// exactly as assembled and gRPC services can read requests without decoding them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        let n = src.remaining();
+        Ok(Some(src.copy_to_bytes(n)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_info_delay_is_read_from_status_details() {
+        // google.rpc.Status { code = 8, details = [Any { type_url, value = RetryInfo { retry_delay = { seconds: 3 } } }] }
+        let mut duration = Vec::new();
+        crate::otlp::wire::put_key(&mut duration, 1, VARINT);
+        crate::otlp::wire::put_varint(&mut duration, 3);
+        let mut info = Vec::new();
+        crate::otlp::wire::put_bytes(&mut info, 1, &duration);
+        let mut any = Vec::new();
+        crate::otlp::wire::put_bytes(&mut any, 1, b"type.googleapis.com/google.rpc.RetryInfo");
+        crate::otlp::wire::put_bytes(&mut any, 2, &info);
+        let mut status = Vec::new();
+        crate::otlp::wire::put_key(&mut status, 1, VARINT);
+        crate::otlp::wire::put_varint(&mut status, 8);
+        crate::otlp::wire::put_bytes(&mut status, 3, &any);
+        assert_eq!(retry_info_delay(&status), Some(Duration::from_secs(3)));
+        let s = Status::with_details(Code::ResourceExhausted, "slow down", status.into());
+        let e = classify_status(&s);
+        assert!(e.retryable);
+        assert_eq!(e.retry_after, Some(Duration::from_secs(3)));
+        assert!(!classify_status(&Status::resource_exhausted("no info")).retryable);
+        assert!(classify_status(&Status::unavailable("down")).retryable);
+        assert!(!classify_status(&Status::invalid_argument("bad")).retryable);
+    }
+}

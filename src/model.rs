@@ -1,0 +1,346 @@
+//! Types that cross pipeline stages. Stages import these, never each other, so data flows
+//! one way: receive → route → buffer → decide → export.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// A 16-byte OTLP trace id; the unit of every decision and of shard ownership.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct TraceId(pub [u8; 16]);
+
+impl TraceId {
+    /// Parses a trace id from wire bytes; `None` when not 16 bytes or all zero (invalid per OTLP).
+    pub fn from_slice(bytes: &[u8]) -> Option<TraceId> {
+        let id: [u8; 16] = bytes.try_into().ok()?;
+        if id == [0; 16] {
+            return None;
+        }
+        Some(TraceId(id))
+    }
+
+    /// Parses the 32-hex-digit form used by OTLP/JSON and the admin API.
+    pub fn from_hex(s: &str) -> Option<TraceId> {
+        let bytes = s.as_bytes();
+        if bytes.len() != 32 {
+            return None;
+        }
+        let mut id = [0u8; 16];
+        for (i, pair) in bytes.chunks_exact(2).enumerate() {
+            let hi = (pair[0] as char).to_digit(16)?;
+            let lo = (pair[1] as char).to_digit(16)?;
+            id[i] = (hi * 16 + lo) as u8;
+        }
+        TraceId::from_slice(&id)
+    }
+
+    /// The low 56 bits: the randomness the consistent-probability scheme uses without `rv`.
+    pub fn randomness(&self) -> u64 {
+        let mut low = [0u8; 8];
+        low.copy_from_slice(&self.0[8..16]);
+        u64::from_be_bytes(low) & ((1u64 << 56) - 1)
+    }
+
+    /// A well-mixed 64-bit hash for shard and node selection (trace ids are random already,
+    /// but some SDKs leave the high half predictable, so mix both halves).
+    pub fn hash64(&self) -> u64 {
+        let mut a = [0u8; 8];
+        let mut b = [0u8; 8];
+        a.copy_from_slice(&self.0[..8]);
+        b.copy_from_slice(&self.0[8..]);
+        let x = u64::from_le_bytes(a) ^ u64::from_le_bytes(b).rotate_left(29);
+        // splitmix64 finaliser
+        let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TraceId({self})")
+    }
+}
+
+/// The customer a span belongs to; cheap to clone because every span of a request shares it.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(pub Arc<str>);
+
+impl TenantId {
+    /// Wraps a tenant name.
+    pub fn new(name: &str) -> TenantId {
+        TenantId(Arc::from(name))
+    }
+
+    /// The tenant name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TenantId({})", &*self.0)
+    }
+}
+
+/// Where a group of spans came from: the encoded resource and scope, shared by every span of
+/// one `ScopeSpans` so export can regroup spans without copying or re-encoding them.
+#[derive(Debug)]
+pub struct Origin {
+    /// The tenant resolved for this resource.
+    pub tenant: TenantId,
+    /// Encoded `Resource` message (may be empty).
+    pub resource: Bytes,
+    /// `ResourceSpans.schema_url`.
+    pub resource_schema_url: Bytes,
+    /// Encoded `InstrumentationScope` message (may be empty).
+    pub scope: Bytes,
+    /// `ScopeSpans.schema_url`.
+    pub scope_schema_url: Bytes,
+    /// Hash of the four byte strings, so export can merge equal origins from different requests.
+    pub content_hash: u64,
+}
+
+impl Origin {
+    /// True when both origins encode the same resource and scope.
+    pub fn same_content(&self, other: &Origin) -> bool {
+        self.content_hash == other.content_hash
+            && self.resource == other.resource
+            && self.scope == other.scope
+            && self.resource_schema_url == other.resource_schema_url
+            && self.scope_schema_url == other.scope_schema_url
+    }
+}
+
+/// OTLP span status code as carried on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum StatusCode {
+    /// STATUS_CODE_UNSET
+    #[default]
+    Unset = 0,
+    /// STATUS_CODE_OK
+    Ok = 1,
+    /// STATUS_CODE_ERROR
+    Error = 2,
+}
+
+/// A byte range inside a span's encoded bytes (kept as u32 pairs to keep the index small).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Span32 {
+    /// Offset from the start of the span's bytes.
+    pub start: u32,
+    /// Length in bytes.
+    pub len: u32,
+}
+
+impl Span32 {
+    /// The slice of `bytes` this range covers (empty when out of range).
+    pub fn slice<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
+        let start = self.start as usize;
+        let end = start + self.len as usize;
+        bytes.get(start..end).unwrap_or(&[])
+    }
+}
+
+/// What is extracted from a span once, at ingest: exactly what buffering and deciding need.
+#[derive(Clone, Debug, Default)]
+pub struct SpanIndex {
+    /// The trace the span belongs to.
+    pub trace_id: TraceId,
+    /// The span's own id.
+    pub span_id: [u8; 8],
+    /// Parent span id; all zero for a root span.
+    pub parent_span_id: [u8; 8],
+    /// Start time, Unix nanoseconds.
+    pub start_unix_nanos: u64,
+    /// End time, Unix nanoseconds.
+    pub end_unix_nanos: u64,
+    /// Status code.
+    pub status: StatusCode,
+    /// OTLP `SpanKind` number (0..=5).
+    pub kind: u8,
+    /// Where the name sits in the span bytes.
+    pub name: Span32,
+    /// Where the W3C tracestate sits in the span bytes (len 0 when absent).
+    pub trace_state: Span32,
+    /// The span carries an attribute the proxy itself sets on export (it must be replaced).
+    pub has_reserved_attribute: bool,
+}
+
+impl SpanIndex {
+    /// A root span has no parent.
+    pub fn is_root(&self) -> bool {
+        self.parent_span_id == [0; 8]
+    }
+}
+
+/// One span held by the proxy: its OTLP wire bytes (the `Span` message body), its origin, and
+/// its index. Never decoded again after ingest.
+#[derive(Clone, Debug)]
+pub struct SpanRecord {
+    /// The encoded `Span` message (without its tag and length prefix).
+    pub bytes: Bytes,
+    /// Resource and scope the span came with.
+    pub origin: Arc<Origin>,
+    /// Fields extracted at ingest.
+    pub index: SpanIndex,
+}
+
+impl SpanRecord {
+    /// Bytes this span accounts for against the memory budget (payload plus fixed overhead).
+    pub fn accounted_bytes(&self) -> usize {
+        self.bytes.len() + std::mem::size_of::<SpanRecord>()
+    }
+}
+
+/// Why a trace was decided when it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecideCause {
+    /// `root_grace` passed after the root span arrived.
+    RootGrace,
+    /// `trace_timeout` passed since the first span.
+    Timeout,
+    /// The trace reached `max_spans_per_trace`.
+    SpanLimit,
+    /// The buffer was over its memory budget; oldest traces go first.
+    MemoryPressure,
+    /// The proxy is shutting down.
+    Shutdown,
+}
+
+impl DecideCause {
+    /// Stable lower-case name for metrics and logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DecideCause::RootGrace => "root_grace",
+            DecideCause::Timeout => "timeout",
+            DecideCause::SpanLimit => "span_limit",
+            DecideCause::MemoryPressure => "memory_pressure",
+            DecideCause::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// A trace handed from the buffer to the decider: all spans held for one trace id.
+#[derive(Debug)]
+pub struct CompleteTrace {
+    /// The trace id.
+    pub trace_id: TraceId,
+    /// Tenant of the first span that arrived.
+    pub tenant: TenantId,
+    /// Every span held for the trace.
+    pub spans: Vec<SpanRecord>,
+    /// Why it is being decided now.
+    pub cause: DecideCause,
+}
+
+/// The outcome of deciding one trace; late spans of the trace follow it.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    /// Keep (export) or drop.
+    pub keep: bool,
+    /// Total sample rate of kept spans (upstream head sampling included): each stands for this many.
+    pub sample_rate: u64,
+    /// The effective 56-bit rejection threshold written as `ot=th:` on export.
+    pub threshold: u64,
+    /// Name of the deciding rule.
+    pub rule: Arc<str>,
+}
+
+/// A kept trace (or late spans of one) on its way to the exporter.
+#[derive(Debug)]
+pub struct KeptSpans {
+    /// Tenant, for per-tenant drop counting.
+    pub tenant: TenantId,
+    /// The decision to annotate spans with.
+    pub decision: Decision,
+    /// Spans to export.
+    pub spans: Vec<SpanRecord>,
+}
+
+/// Every reason a span can fail to reach the backend; each has a counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Rejected at ingest (invalid ids, undecodable span).
+    Invalid,
+    /// A `drop = true` rule decided the trace.
+    Rule,
+    /// A sampler (1-in-N or dynamic) did not pick the trace.
+    Sampled,
+    /// The export queue was full.
+    ExportOverflow,
+    /// The backend refused or was unreachable after all retries.
+    ExportFailed,
+    /// Still buffered or queued when the shutdown deadline passed.
+    ShutdownDeadline,
+}
+
+impl DropReason {
+    /// All reasons, for metrics output.
+    pub const ALL: [DropReason; 6] = [
+        DropReason::Invalid,
+        DropReason::Rule,
+        DropReason::Sampled,
+        DropReason::ExportOverflow,
+        DropReason::ExportFailed,
+        DropReason::ShutdownDeadline,
+    ];
+
+    /// Stable lower-case name for metrics and logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DropReason::Invalid => "invalid",
+            DropReason::Rule => "rule",
+            DropReason::Sampled => "sampled",
+            DropReason::ExportOverflow => "export_overflow",
+            DropReason::ExportFailed => "export_failed",
+            DropReason::ShutdownDeadline => "shutdown_deadline",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_id_rejects_wrong_length_and_all_zero() {
+        assert!(TraceId::from_slice(&[1; 15]).is_none());
+        assert!(TraceId::from_slice(&[0; 16]).is_none());
+        assert!(TraceId::from_slice(&[1; 16]).is_some());
+    }
+
+    #[test]
+    fn trace_id_hex_round_trips() {
+        let id = TraceId([0xab; 16]);
+        assert_eq!(TraceId::from_hex(&id.to_string()), Some(id));
+        assert!(TraceId::from_hex("xyz").is_none());
+    }
+
+    #[test]
+    fn randomness_is_low_56_bits() {
+        let mut b = [0u8; 16];
+        b[8] = 0xff;
+        b[15] = 0x01;
+        assert_eq!(TraceId(b).randomness(), 1);
+    }
+}

@@ -1,0 +1,284 @@
+//! Reads an encoded `ExportTraceServiceRequest` once: splits it into spans that stay encoded
+//! (zero-copy `Bytes` slices), resolves each resource's tenant, extracts the small index the
+//! buffer and decider need, and rejects spans with invalid ids one by one.
+
+use std::hash::Hasher;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::wire::{Reader, WireError, FIXED64, LEN, VARINT};
+use super::AnyValue;
+use crate::model::{Origin, Span32, SpanIndex, SpanRecord, StatusCode, TenantId, TraceId};
+
+/// What ingest needs to know from the configuration.
+#[derive(Clone, Debug)]
+pub struct IngestOptions {
+    /// Resource attribute holding the tenant id.
+    pub tenant_attribute: String,
+    /// Tenant used when neither the resource nor the request names one.
+    pub default_tenant: TenantId,
+    /// Attribute keys the proxy sets on export; a span already carrying one is marked so
+    /// export replaces it instead of adding a duplicate key.
+    pub reserved_attributes: Vec<String>,
+}
+
+/// The result of reading one request.
+#[derive(Debug, Default)]
+pub struct Ingested {
+    /// Valid spans, in request order, as slices of the request buffer.
+    pub spans: Vec<SpanRecord>,
+    /// Spans refused (invalid ids or undecodable), for `partial_success.rejected_spans`.
+    pub rejected: u64,
+    /// A description of the first refusal, for `partial_success.error_message`.
+    pub error_message: Option<String>,
+}
+
+impl Ingested {
+    fn reject(&mut self, why: String) {
+        self.rejected += 1;
+        if self.error_message.is_none() {
+            self.error_message = Some(why);
+        }
+    }
+}
+
+/// Reads a whole request. A request whose container structure is not valid protobuf is an
+/// error (nothing is accepted); an invalid span inside a valid request is only that span's
+/// problem.
+pub fn ingest_request(
+    request: &Bytes,
+    header_tenant: Option<&TenantId>,
+    options: &IngestOptions,
+) -> Result<Ingested, WireError> {
+    let mut out = Ingested::default();
+    let mut reader = Reader::new(request);
+    while let Some((field, wire_type)) = reader.key()? {
+        if field == 1 {
+            let range = reader.expect_len(wire_type)?;
+            read_resource_spans(request, range, header_tenant, options, &mut out)?;
+        } else {
+            reader.skip(wire_type)?;
+        }
+    }
+    Ok(out)
+}
+
+fn read_resource_spans(
+    request: &Bytes,
+    range: std::ops::Range<usize>,
+    header_tenant: Option<&TenantId>,
+    options: &IngestOptions,
+    out: &mut Ingested,
+) -> Result<(), WireError> {
+    let base = range.start;
+    let body = &request[range];
+    let mut reader = Reader::new(body);
+    let mut resource = 0..0;
+    let mut schema = 0..0;
+    let mut scopes = Vec::new();
+    while let Some((field, wire_type)) = reader.key()? {
+        match field {
+            1 => resource = reader.expect_len(wire_type)?,
+            2 => scopes.push(reader.expect_len(wire_type)?),
+            3 => schema = reader.expect_len(wire_type)?,
+            _ => reader.skip(wire_type)?,
+        }
+    }
+    // Origins are copied out so a held span never pins the request buffer through them.
+    let resource_bytes = Bytes::copy_from_slice(&request[base + resource.start..base + resource.end]);
+    let tenant = resource_tenant(&resource_bytes, &options.tenant_attribute)?
+        .map(|t| TenantId::new(&t))
+        .or_else(|| header_tenant.cloned())
+        .unwrap_or_else(|| options.default_tenant.clone());
+    let schema_bytes = Bytes::copy_from_slice(&request[base + schema.start..base + schema.end]);
+    for scope_range in scopes {
+        let scope_base = base + scope_range.start;
+        read_scope_spans(
+            request,
+            scope_base..base + scope_range.end,
+            &tenant,
+            &resource_bytes,
+            &schema_bytes,
+            options,
+            out,
+        )?;
+    }
+    Ok(())
+}
+
+fn read_scope_spans(
+    request: &Bytes,
+    range: std::ops::Range<usize>,
+    tenant: &TenantId,
+    resource: &Bytes,
+    resource_schema_url: &Bytes,
+    options: &IngestOptions,
+    out: &mut Ingested,
+) -> Result<(), WireError> {
+    let base = range.start;
+    let body = &request[range];
+    let mut reader = Reader::new(body);
+    let mut scope = 0..0;
+    let mut schema = 0..0;
+    let mut span_ranges = Vec::new();
+    while let Some((field, wire_type)) = reader.key()? {
+        match field {
+            1 => scope = reader.expect_len(wire_type)?,
+            2 => span_ranges.push(reader.expect_len(wire_type)?),
+            3 => schema = reader.expect_len(wire_type)?,
+            _ => reader.skip(wire_type)?,
+        }
+    }
+    let scope = Bytes::copy_from_slice(&request[base + scope.start..base + scope.end]);
+    let scope_schema_url = Bytes::copy_from_slice(&request[base + schema.start..base + schema.end]);
+    let mut hasher = Fnv64::default();
+    for part in [&resource[..], resource_schema_url, &scope, &scope_schema_url] {
+        hasher.write_usize(part.len());
+        hasher.write(part);
+    }
+    let origin = Arc::new(Origin {
+        tenant: tenant.clone(),
+        resource: resource.clone(),
+        resource_schema_url: resource_schema_url.clone(),
+        scope,
+        scope_schema_url,
+        content_hash: hasher.finish(),
+    });
+    out.spans.reserve(span_ranges.len());
+    for span_range in span_ranges {
+        let span_bytes = &body[span_range.clone()];
+        match index_span(span_bytes, &options.reserved_attributes) {
+            Ok(index) => out.spans.push(SpanRecord {
+                bytes: request.slice(base + span_range.start..base + span_range.end),
+                origin: origin.clone(),
+                index,
+            }),
+            Err(why) => out.reject(why),
+        }
+    }
+    Ok(())
+}
+
+/// Extracts the index of one encoded span, or says why the span is refused.
+pub fn index_span(span: &[u8], reserved_attributes: &[String]) -> Result<SpanIndex, String> {
+    let mut index = SpanIndex::default();
+    let mut trace_id: Option<&[u8]> = None;
+    let mut span_id: Option<&[u8]> = None;
+    let mut reader = Reader::new(span);
+    let malformed = |e: WireError| format!("span is not valid protobuf: {e}");
+    while let Some((field, wire_type)) = reader.key().map_err(malformed)? {
+        match (field, wire_type) {
+            (1, LEN) => trace_id = Some(&span[reader.len_delimited().map_err(malformed)?]),
+            (2, LEN) => span_id = Some(&span[reader.len_delimited().map_err(malformed)?]),
+            (3, LEN) => index.trace_state = span32(reader.len_delimited().map_err(malformed)?),
+            (4, LEN) => {
+                let parent = &span[reader.len_delimited().map_err(malformed)?];
+                match parent.len() {
+                    0 => {}
+                    8 => index.parent_span_id.copy_from_slice(parent),
+                    n => return Err(format!("parent span id must be 8 bytes, got {n}")),
+                }
+            }
+            (5, LEN) => index.name = span32(reader.len_delimited().map_err(malformed)?),
+            (6, VARINT) => index.kind = reader.varint().map_err(malformed)?.min(5) as u8,
+            (7, FIXED64) => index.start_unix_nanos = reader.fixed64().map_err(malformed)?,
+            (8, FIXED64) => index.end_unix_nanos = reader.fixed64().map_err(malformed)?,
+            (9, LEN) => {
+                let kv = reader.len_delimited().map_err(malformed)?;
+                if !reserved_attributes.is_empty() {
+                    let key = super::find_key(&span[kv]);
+                    if reserved_attributes.iter().any(|r| r.as_bytes() == key) {
+                        index.has_reserved_attribute = true;
+                    }
+                }
+            }
+            (15, LEN) => {
+                let status = &span[reader.len_delimited().map_err(malformed)?];
+                index.status = status_code(status).map_err(malformed)?;
+            }
+            (_, wt) => reader.skip(wt).map_err(malformed)?,
+        }
+    }
+    let trace_id = trace_id.unwrap_or(&[]);
+    index.trace_id = TraceId::from_slice(trace_id).ok_or_else(|| {
+        if trace_id.len() == 16 {
+            "trace id must not be all zero".to_string()
+        } else {
+            format!("trace id must be 16 bytes, got {}", trace_id.len())
+        }
+    })?;
+    let span_id = span_id.unwrap_or(&[]);
+    match <[u8; 8]>::try_from(span_id) {
+        Ok(id) if id != [0; 8] => index.span_id = id,
+        Ok(_) => return Err("span id must not be all zero".to_string()),
+        Err(_) => {
+            return Err(format!(
+                "span id must be 8 bytes, got {} (trace {})",
+                span_id.len(),
+                index.trace_id
+            ))
+        }
+    }
+    Ok(index)
+}
+
+fn span32(range: std::ops::Range<usize>) -> Span32 {
+    Span32 {
+        start: range.start as u32,
+        len: (range.end - range.start) as u32,
+    }
+}
+
+fn status_code(status: &[u8]) -> Result<StatusCode, WireError> {
+    let mut reader = Reader::new(status);
+    let mut code = StatusCode::Unset;
+    while let Some((field, wire_type)) = reader.key()? {
+        if field == 3 && wire_type == VARINT {
+            code = match reader.varint()? {
+                1 => StatusCode::Ok,
+                2 => StatusCode::Error,
+                _ => StatusCode::Unset,
+            };
+        } else {
+            reader.skip(wire_type)?;
+        }
+    }
+    Ok(code)
+}
+
+/// The tenant named by a resource attribute, if the resource has it as a string.
+fn resource_tenant(resource: &[u8], attribute: &str) -> Result<Option<String>, WireError> {
+    if attribute.is_empty() {
+        return Ok(None);
+    }
+    Ok(
+        match super::find_attribute(resource, 1, attribute.as_bytes())? {
+            Some(AnyValue::Str(s)) if !s.is_empty() => Some(s.to_string()),
+            Some(AnyValue::Int(i)) => Some(i.to_string()),
+            _ => None,
+        },
+    )
+}
+
+/// FNV-1a, used for origin content hashes (fast on short inputs, no dependency).
+#[derive(Clone, Copy)]
+pub struct Fnv64(u64);
+
+impl Default for Fnv64 {
+    fn default() -> Self {
+        Fnv64(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv64 {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}

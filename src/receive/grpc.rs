@@ -1,0 +1,216 @@
+//! OTLP/gRPC: `TraceService/Export` served through tonic with a pass-through codec, so the
+//! request arrives as one `Bytes` buffer and is never decoded into structs.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http_body::{Body, Frame};
+use prost::Message;
+use tonic::body::Body as TonicBody;
+use tonic::codec::CompressionEncoding;
+use tonic::server::{NamedService, UnaryService};
+use tonic::{Code, Status};
+
+use super::{ReceiveError, Receiver};
+use crate::export::sink::RawCodec;
+use crate::model::TenantId;
+use crate::otlp::json::export_response;
+use crate::otlp::wire::{put_bytes, put_key, put_varint, VARINT};
+use crate::otlp::EXPORT_PATH;
+
+type StdError = Box<dyn std::error::Error + Send + Sync + 'static>;
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
+
+/// The gRPC `TraceService` backed by a [`Receiver`].
+#[derive(Clone)]
+pub struct TraceService {
+    receiver: Arc<Receiver>,
+}
+
+impl TraceService {
+    /// A service handing requests to `receiver`.
+    pub fn new(receiver: Arc<Receiver>) -> Self {
+        TraceService { receiver }
+    }
+}
+
+impl NamedService for TraceService {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl<B> tower::Service<http::Request<B>> for TraceService
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<TonicBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let receiver = self.receiver.clone();
+        Box::pin(async move {
+            if req.uri().path() != EXPORT_PATH {
+                return Ok(Status::unimplemented("only TraceService/Export is served").into_http());
+            }
+            let limit = receiver.max_request_bytes;
+            let req = req.map(|body| LimitedBody::new(body, limit));
+            let mut grpc = tonic::server::Grpc::new(RawCodec)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip)
+                // The body wrapper enforces the limit first with RESOURCE_EXHAUSTED; this is
+                // tonic's own backstop (and the limit for decompressed messages).
+                .max_decoding_message_size(limit.saturating_add(1));
+            Ok(grpc.unary(ExportMethod { receiver }, req).await)
+        })
+    }
+}
+
+struct ExportMethod {
+    receiver: Arc<Receiver>,
+}
+
+impl UnaryService<Bytes> for ExportMethod {
+    type Response = Bytes;
+    type Future = BoxFuture<Result<tonic::Response<Bytes>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+        let receiver = self.receiver.clone();
+        Box::pin(async move {
+            let tenant = request
+                .metadata()
+                .get(receiver.tenant_header.as_str())
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .map(TenantId::new);
+            let body = request.into_inner();
+            match receiver.accept(body, tenant).await {
+                Ok(accepted) => {
+                    let response =
+                        export_response(accepted.rejected, accepted.error_message.as_deref());
+                    Ok(tonic::Response::new(Bytes::from(response.encode_to_vec())))
+                }
+                Err(err) => Err(status_for(&err)),
+            }
+        })
+    }
+}
+
+/// The gRPC status a refusal maps to (OTLP: UNAVAILABLE is retried by clients).
+pub fn status_for(err: &ReceiveError) -> Status {
+    match err {
+        ReceiveError::Invalid(m) => Status::invalid_argument(m.clone()),
+        ReceiveError::TooLarge { .. } => Status::resource_exhausted(err.to_string()),
+        ReceiveError::Unavailable(m) => {
+            Status::with_details(Code::Unavailable, m.clone(), retry_info(1).into())
+        }
+    }
+}
+
+/// Encoded `google.rpc.Status` details carrying a `RetryInfo` with the given delay.
+fn retry_info(seconds: u64) -> Vec<u8> {
+    let mut duration = Vec::new();
+    put_key(&mut duration, 1, VARINT);
+    put_varint(&mut duration, seconds);
+    let mut info = Vec::new();
+    put_bytes(&mut info, 1, &duration);
+    let mut any = Vec::new();
+    put_bytes(&mut any, 1, b"type.googleapis.com/google.rpc.RetryInfo");
+    put_bytes(&mut any, 2, &info);
+    let mut status = Vec::new();
+    put_key(&mut status, 1, VARINT);
+    put_varint(&mut status, Code::Unavailable as u64);
+    put_bytes(&mut status, 3, &any);
+    status
+}
+
+/// A request body that fails with RESOURCE_EXHAUSTED as soon as the gRPC frame header
+/// announces a message over the limit (or more bytes than that arrive), before anything large
+/// is buffered.
+struct LimitedBody<B> {
+    inner: Pin<Box<B>>,
+    limit: usize,
+    header: [u8; 5],
+    header_len: usize,
+    seen: usize,
+}
+
+impl<B> LimitedBody<B> {
+    fn new(inner: B, limit: usize) -> Self {
+        LimitedBody {
+            inner: Box::pin(inner),
+            limit,
+            header: [0; 5],
+            header_len: 0,
+            seen: 0,
+        }
+    }
+
+    fn check(&mut self, data: &[u8]) -> Result<(), Status> {
+        self.seen += data.len();
+        let take = (5 - self.header_len).min(data.len());
+        self.header[self.header_len..self.header_len + take].copy_from_slice(&data[..take]);
+        self.header_len += take;
+        let announced = if self.header_len == 5 {
+            u32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]])
+                as usize
+        } else {
+            0
+        };
+        let compressed = self.header_len == 5 && self.header[0] == 1;
+        if (!compressed && announced > self.limit) || self.seen > self.limit.saturating_add(5) {
+            let size = announced.max(self.seen.saturating_sub(5));
+            return Err(Status::resource_exhausted(format!(
+                "request of {size} bytes exceeds receive.max_request_bytes ({})",
+                self.limit
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<B> Body for LimitedBody<B>
+where
+    B: Body,
+    B::Error: Into<StdError>,
+{
+    type Data = Bytes;
+    type Error = StdError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, StdError>>> {
+        let this = &mut *self;
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(mut data) => {
+                    let bytes = data.copy_to_bytes(data.remaining());
+                    match this.check(&bytes) {
+                        Ok(()) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                        Err(status) => Poll::Ready(Some(Err(Box::new(status)))),
+                    }
+                }
+                Err(frame) => match frame.into_trailers() {
+                    Ok(trailers) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+                    Err(_) => Poll::Ready(None),
+                },
+            },
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}

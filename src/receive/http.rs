@@ -1,0 +1,191 @@
+//! OTLP/HTTP: `POST /v1/traces` with protobuf or JSON bodies, optionally gzip-compressed.
+//! Answers in the request's encoding; errors carry a `google.rpc.Status`-shaped body.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use bytes::Bytes;
+use prost::Message;
+use tokio::sync::Semaphore;
+
+use super::{ReceiveError, Receiver};
+use crate::model::TenantId;
+use crate::otlp::json::{export_response, json_to_protobuf};
+use crate::otlp::wire::{put_bytes, put_key, put_varint, VARINT};
+
+#[derive(Clone)]
+struct HttpState {
+    receiver: Arc<Receiver>,
+    concurrency: Arc<Semaphore>,
+}
+
+/// The OTLP/HTTP router.
+pub fn router(receiver: Arc<Receiver>, max_concurrent_requests: usize) -> Router {
+    Router::new()
+        .route("/v1/traces", post(export))
+        .with_state(HttpState {
+            receiver,
+            concurrency: Arc::new(Semaphore::new(max_concurrent_requests)),
+        })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Protobuf,
+    Json,
+}
+
+async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/x-protobuf");
+    let encoding = if content_type.starts_with("application/json") {
+        Encoding::Json
+    } else if content_type.starts_with("application/x-protobuf")
+        || content_type.starts_with("application/protobuf")
+    {
+        Encoding::Protobuf
+    } else {
+        return error(
+            Encoding::Json,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &format!("unsupported Content-Type {content_type:?}: use application/x-protobuf or application/json"),
+        );
+    };
+    let Ok(_permit) = state.concurrency.try_acquire() else {
+        return error(
+            encoding,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many concurrent requests; retry later",
+        );
+    };
+    let receiver = &state.receiver;
+    let limit = receiver.max_request_bytes;
+    let raw = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            return refuse(
+                receiver,
+                encoding,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body exceeds receive.max_request_bytes ({limit})"),
+            )
+        }
+    };
+    let gzip = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().eq_ignore_ascii_case("gzip"))
+        .unwrap_or(false);
+    let raw = if gzip {
+        match gunzip(&raw, limit) {
+            Ok(b) => b,
+            Err(resp) => return refuse(receiver, encoding, resp.0, &resp.1),
+        }
+    } else {
+        raw
+    };
+    let body = match encoding {
+        Encoding::Protobuf => raw,
+        Encoding::Json => match json_to_protobuf(&raw) {
+            Ok(b) => b,
+            Err(e) => return refuse(receiver, encoding, StatusCode::BAD_REQUEST, &e.to_string()),
+        },
+    };
+    let tenant = headers
+        .get(receiver.tenant_header.as_str())
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(TenantId::new);
+    match receiver.accept(body, tenant).await {
+        Ok(accepted) => {
+            let response = export_response(accepted.rejected, accepted.error_message.as_deref());
+            match encoding {
+                Encoding::Protobuf => (
+                    [(header::CONTENT_TYPE, "application/x-protobuf")],
+                    response.encode_to_vec(),
+                )
+                    .into_response(),
+                Encoding::Json => (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec()),
+                )
+                    .into_response(),
+            }
+        }
+        Err(err) => {
+            let status = match err {
+                ReceiveError::Invalid(_) => StatusCode::BAD_REQUEST,
+                ReceiveError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                ReceiveError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            error(encoding, status, &err.to_string())
+        }
+    }
+}
+
+/// Decompresses a gzip body, refusing output beyond `limit` bytes (a zip bomb stays small).
+fn gunzip(raw: &[u8], limit: usize) -> Result<Bytes, (StatusCode, String)> {
+    let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(limit));
+    let mut decoder = flate2::read::GzDecoder::new(raw).take(limit as u64 + 1);
+    decoder
+        .read_to_end(&mut out)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("invalid gzip body: {e}")))?;
+    if out.len() > limit {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("decompressed body exceeds receive.max_request_bytes ({limit})"),
+        ));
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Counts and answers a request refused before it reached the receiver.
+fn refuse(receiver: &Receiver, encoding: Encoding, status: StatusCode, message: &str) -> Response {
+    receiver.count_invalid();
+    error(encoding, status, message)
+}
+
+/// An error response: `google.rpc.Status` as protobuf or JSON; 503 adds Retry-After.
+fn error(encoding: Encoding, status: StatusCode, message: &str) -> Response {
+    let grpc_code: u64 = match status {
+        StatusCode::BAD_REQUEST => 3,
+        StatusCode::PAYLOAD_TOO_LARGE => 8,
+        StatusCode::SERVICE_UNAVAILABLE => 14,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => 3,
+        _ => 2,
+    };
+    let mut response = match encoding {
+        Encoding::Json => (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::json!({ "code": grpc_code, "message": message }).to_string(),
+        )
+            .into_response(),
+        Encoding::Protobuf => {
+            let mut body = Vec::new();
+            put_key(&mut body, 1, VARINT);
+            put_varint(&mut body, grpc_code);
+            put_bytes(&mut body, 2, message.as_bytes());
+            (
+                status,
+                [(header::CONTENT_TYPE, "application/x-protobuf")],
+                body,
+            )
+                .into_response()
+        }
+    };
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    response
+}

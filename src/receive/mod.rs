@@ -1,0 +1,137 @@
+//! The receive stage: OTLP/gRPC and OTLP/HTTP listeners that read requests without decoding
+//! spans, refuse invalid spans one by one (partial success), and hand the rest to the route
+//! stage. Overload answers with the codes OTLP clients retry.
+
+pub mod grpc;
+pub mod http;
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::model::{DropReason, TenantId};
+use crate::otlp::ingest::{ingest_request, IngestOptions};
+use crate::route::{RouteError, Router};
+use crate::stats::Stats;
+
+/// The outcome of an accepted request.
+#[derive(Debug, Default)]
+pub struct Accepted {
+    /// Spans refused as invalid.
+    pub rejected: u64,
+    /// Why, for `partial_success.error_message`.
+    pub error_message: Option<String>,
+}
+
+/// Why a request was refused as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    /// Not decodable (INVALID_ARGUMENT / HTTP 400).
+    #[error("{0}")]
+    Invalid(String),
+    /// Too large (RESOURCE_EXHAUSTED / HTTP 413).
+    #[error("request of {size} bytes exceeds receive.max_request_bytes ({limit})")]
+    TooLarge {
+        /// Bytes seen (at least).
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Full or shutting down (UNAVAILABLE / HTTP 503, retryable).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// What both listeners share: limits, tenant resolution and the route into the buffer.
+pub struct Receiver {
+    options: IngestOptions,
+    router: Router,
+    stats: Arc<Stats>,
+    /// Header / metadata key naming the tenant.
+    pub tenant_header: String,
+    /// Largest request body after decompression.
+    pub max_request_bytes: usize,
+    max_buffered_bytes: i64,
+    accepting: AtomicBool,
+}
+
+impl Receiver {
+    /// A receiver handing spans to `router`.
+    pub fn new(
+        options: IngestOptions,
+        router: Router,
+        stats: Arc<Stats>,
+        tenant_header: String,
+        max_request_bytes: usize,
+        max_buffered_bytes: usize,
+    ) -> Self {
+        Receiver {
+            options,
+            router,
+            stats,
+            tenant_header: tenant_header.to_ascii_lowercase(),
+            max_request_bytes,
+            max_buffered_bytes: max_buffered_bytes as i64,
+            accepting: AtomicBool::new(true),
+        }
+    }
+
+    /// Counts a request refused before it reached [`Receiver::accept`] (bad encoding or size).
+    pub fn count_invalid(&self) {
+        self.stats.requests_received.fetch_add(1, Relaxed);
+        self.stats.requests_invalid.fetch_add(1, Relaxed);
+    }
+
+    /// Stops accepting data (shutdown); later requests get a retryable refusal.
+    pub fn stop_accepting(&self) {
+        self.accepting.store(false, Relaxed);
+    }
+
+    /// Reads one encoded `ExportTraceServiceRequest` and hands its valid spans on.
+    pub async fn accept(
+        &self,
+        body: Bytes,
+        header_tenant: Option<TenantId>,
+    ) -> Result<Accepted, ReceiveError> {
+        self.stats.requests_received.fetch_add(1, Relaxed);
+        if !self.accepting.load(Relaxed) {
+            self.stats.requests_refused.fetch_add(1, Relaxed);
+            return Err(ReceiveError::Unavailable("the proxy is shutting down".into()));
+        }
+        if self.stats.buffered_bytes.load(Relaxed) >= self.max_buffered_bytes {
+            self.stats.requests_refused.fetch_add(1, Relaxed);
+            return Err(ReceiveError::Unavailable(
+                "the trace buffer is at its memory budget; retry later".into(),
+            ));
+        }
+        if body.len() > self.max_request_bytes {
+            self.stats.requests_invalid.fetch_add(1, Relaxed);
+            return Err(ReceiveError::TooLarge {
+                size: body.len(),
+                limit: self.max_request_bytes,
+            });
+        }
+        let ingested = ingest_request(&body, header_tenant.as_ref(), &self.options).map_err(|e| {
+            self.stats.requests_invalid.fetch_add(1, Relaxed);
+            ReceiveError::Invalid(format!("cannot decode ExportTraceServiceRequest: {e}"))
+        })?;
+        let n = ingested.spans.len() as u64;
+        match self.router.route(ingested.spans).await {
+            Ok(()) => {
+                self.stats.spans_received.fetch_add(n, Relaxed);
+                if ingested.rejected > 0 {
+                    self.stats.drop_spans(DropReason::Invalid, ingested.rejected);
+                }
+                Ok(Accepted {
+                    rejected: ingested.rejected,
+                    error_message: ingested.error_message,
+                })
+            }
+            Err(e @ (RouteError::Full | RouteError::Closed)) => {
+                self.stats.requests_refused.fetch_add(1, Relaxed);
+                Err(ReceiveError::Unavailable(e.to_string()))
+            }
+        }
+    }
+}

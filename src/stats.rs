@@ -1,0 +1,132 @@
+//! Counters every stage adds to and admin reads. A leaf: it knows no stage. Stages add per
+//! batch, not per span, so counting stays off the per-span cost.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use crate::model::{DecideCause, DropReason};
+
+/// Process-wide counters and gauges.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Export requests received (gRPC and HTTP).
+    pub requests_received: AtomicU64,
+    /// Requests refused with a retryable code because the proxy was full.
+    pub requests_refused: AtomicU64,
+    /// Requests refused as undecodable or too large.
+    pub requests_invalid: AtomicU64,
+    /// Valid spans accepted into the pipeline.
+    pub spans_received: AtomicU64,
+    /// Traces decided.
+    pub traces_decided: AtomicU64,
+    /// Traces kept.
+    pub traces_kept: AtomicU64,
+    /// Spans of kept traces handed to export (late spans included).
+    pub spans_kept: AtomicU64,
+    /// Spans delivered to the backend.
+    pub spans_exported: AtomicU64,
+    /// Spans that arrived after their trace was decided.
+    pub late_spans: AtomicU64,
+    /// Export requests that failed and were retried.
+    pub export_retries: AtomicU64,
+    /// Spans not delivered, by reason.
+    dropped: [AtomicU64; DropReason::ALL.len()],
+    /// Traces decided, by what triggered the decision.
+    decided_by: [AtomicU64; 5],
+    /// Spans currently buffered.
+    pub buffered_spans: AtomicI64,
+    /// Traces currently buffered.
+    pub buffered_traces: AtomicI64,
+    /// Bytes currently buffered (spans plus per-span overhead).
+    pub buffered_bytes: AtomicI64,
+    /// Bytes of kept spans waiting for export.
+    pub export_queue_bytes: AtomicI64,
+    /// Kept spans waiting for export or in flight.
+    pub export_queue_spans: AtomicI64,
+}
+
+fn cause_index(cause: DecideCause) -> usize {
+    match cause {
+        DecideCause::RootGrace => 0,
+        DecideCause::Timeout => 1,
+        DecideCause::SpanLimit => 2,
+        DecideCause::MemoryPressure => 3,
+        DecideCause::Shutdown => 4,
+    }
+}
+
+/// All decide causes in index order.
+pub const CAUSES: [DecideCause; 5] = [
+    DecideCause::RootGrace,
+    DecideCause::Timeout,
+    DecideCause::SpanLimit,
+    DecideCause::MemoryPressure,
+    DecideCause::Shutdown,
+];
+
+impl Stats {
+    /// Counts `spans` spans not delivered for `reason`.
+    pub fn drop_spans(&self, reason: DropReason, spans: u64) {
+        let i = DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.dropped[i].fetch_add(spans, Relaxed);
+    }
+
+    /// Spans dropped for `reason` so far.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        let i = DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.dropped[i].load(Relaxed)
+    }
+
+    /// Counts a trace decided because of `cause`.
+    pub fn decided_by(&self, cause: DecideCause, traces: u64) {
+        self.decided_by[cause_index(cause)].fetch_add(traces, Relaxed);
+    }
+
+    /// Traces decided because of `cause` so far.
+    pub fn decided_count(&self, cause: DecideCause) -> u64 {
+        self.decided_by[cause_index(cause)].load(Relaxed)
+    }
+
+    /// Prometheus text exposition of every counter and gauge.
+    pub fn render_prometheus(&self, out: &mut String) {
+        use std::fmt::Write;
+        let counters: [(&str, &str, &AtomicU64); 10] = [
+            ("tailsift_requests_received_total", "OTLP export requests received", &self.requests_received),
+            ("tailsift_requests_refused_total", "Requests refused with a retryable code (overload)", &self.requests_refused),
+            ("tailsift_requests_invalid_total", "Requests refused as undecodable or too large", &self.requests_invalid),
+            ("tailsift_spans_received_total", "Valid spans accepted", &self.spans_received),
+            ("tailsift_traces_decided_total", "Traces decided", &self.traces_decided),
+            ("tailsift_traces_kept_total", "Traces kept", &self.traces_kept),
+            ("tailsift_spans_kept_total", "Spans of kept traces handed to export", &self.spans_kept),
+            ("tailsift_spans_exported_total", "Spans delivered to the backend", &self.spans_exported),
+            ("tailsift_late_spans_total", "Spans that arrived after their trace was decided", &self.late_spans),
+            ("tailsift_export_retries_total", "Export requests retried", &self.export_retries),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Relaxed));
+        }
+        let _ = writeln!(out, "# HELP tailsift_spans_dropped_total Spans not delivered, by reason\n# TYPE tailsift_spans_dropped_total counter");
+        for reason in DropReason::ALL {
+            let _ = writeln!(out, "tailsift_spans_dropped_total{{reason=\"{}\"}} {}", reason.as_str(), self.dropped(reason));
+        }
+        let _ = writeln!(out, "# HELP tailsift_traces_decided_by_total Traces decided, by trigger\n# TYPE tailsift_traces_decided_by_total counter");
+        for cause in CAUSES {
+            let _ = writeln!(out, "tailsift_traces_decided_by_total{{cause=\"{}\"}} {}", cause.as_str(), self.decided_count(cause));
+        }
+        let gauges: [(&str, &str, &AtomicI64); 5] = [
+            ("tailsift_buffered_spans", "Spans held in the buffer", &self.buffered_spans),
+            ("tailsift_buffered_traces", "Traces held in the buffer", &self.buffered_traces),
+            ("tailsift_buffered_bytes", "Bytes held in the buffer", &self.buffered_bytes),
+            ("tailsift_export_queue_bytes", "Bytes of kept spans waiting for export", &self.export_queue_bytes),
+            ("tailsift_export_queue_spans", "Kept spans waiting for export or in flight", &self.export_queue_spans),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", value.load(Relaxed));
+        }
+    }
+}
