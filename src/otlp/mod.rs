@@ -115,6 +115,7 @@ pub(crate) mod testdata {
             value: Some(AnyValue {
                 value: Some(any_value::Value::StringValue(value.into())),
             }),
+            ..Default::default()
         }
     }
 
