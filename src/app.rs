@@ -139,7 +139,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             let signal = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = axum::serve(http_listener, app).with_graceful_shutdown(signal).await {
+            if let Err(e) = axum::serve(http_listener, app)
+                .with_graceful_shutdown(signal)
+                .await
+            {
                 tracing::error!(error = %e, "HTTP listener failed");
             }
         })
@@ -158,7 +161,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             let signal = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            let _ = axum::serve(admin_listener, app).with_graceful_shutdown(signal).await;
+            let _ = axum::serve(admin_listener, app)
+                .with_graceful_shutdown(signal)
+                .await;
         })
     };
 
@@ -181,7 +186,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             if tokio::time::timeout(deadline, drain).await.is_err() {
                 let buffered = stats.buffered_spans.load(Relaxed).max(0) as u64;
                 let queued = stats.export_queue_spans.load(Relaxed).max(0) as u64;
-                tracing::error!(buffered, queued, "shutdown deadline passed; undelivered spans counted as dropped");
+                tracing::error!(
+                    buffered,
+                    queued,
+                    "shutdown deadline passed; undelivered spans counted as dropped"
+                );
                 stats.drop_spans(DropReason::ShutdownDeadline, buffered + queued);
             }
             let _ = admin_task.await;

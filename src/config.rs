@@ -68,7 +68,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("duration {s:?} needs a unit: ns, us, ms, s, m or h (e.g. \"2s\")"))?;
+        .ok_or_else(|| {
+            format!("duration {s:?} needs a unit: ns, us, ms, s, m or h (e.g. \"2s\")")
+        })?;
     let (number, unit) = s.split_at(split);
     let value: f64 = number
         .parse()
@@ -413,7 +415,9 @@ impl Config {
         let e = &self.export;
         if e.kind != ExportKind::File {
             match e.endpoint.parse::<http::Uri>() {
-                Ok(uri) if uri.scheme_str() == Some("http") || uri.scheme_str() == Some("https") => {
+                Ok(uri)
+                    if uri.scheme_str() == Some("http") || uri.scheme_str() == Some("https") =>
+                {
                     if uri.scheme_str() == Some("https") {
                         problems.push(format!(
                             "export.endpoint {:?}: https is not supported yet; use http:// (e.g. to a local collector)",
@@ -431,7 +435,8 @@ impl Config {
             problems.push("export.sample_rate_attribute must not be empty".into());
         }
         if e.batch_max_spans == 0 || e.max_in_flight == 0 {
-            problems.push("export.batch_max_spans and export.max_in_flight must be at least 1".into());
+            problems
+                .push("export.batch_max_spans and export.max_in_flight must be at least 1".into());
         }
         if e.retry_initial.0 > e.retry_max.0 {
             problems.push("export.retry_initial must not exceed export.retry_max".into());
@@ -495,18 +500,24 @@ listen = "127.0.0.1:8080"
 
     #[test]
     fn unknown_keys_are_errors_with_a_line_number() {
-        let err = Config::parse("[buffer]\nroot_grace = \"2s\"\nroot_grase = \"1s\"\n", Path::new("c.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(
+            "[buffer]\nroot_grace = \"2s\"\nroot_grase = \"1s\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("root_grase"), "{err}");
         assert!(err.contains("line 3"), "{err}");
     }
 
     #[test]
     fn bad_units_explain_the_fix() {
-        let err = Config::parse("[buffer]\nroot_grace = \"2 parsecs\"\n", Path::new("c.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(
+            "[buffer]\nroot_grace = \"2 parsecs\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("unknown unit"), "{err}");
         assert!(parse_duration("1.5s").unwrap() == Duration::from_millis(1500));
         assert_eq!("512MiB".parse::<ByteSize>().unwrap().0, 512 << 20);
@@ -520,6 +531,9 @@ listen = "127.0.0.1:8080"
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("root_grace") && err.contains("max_spans_per_trace"), "{err}");
+        assert!(
+            err.contains("root_grace") && err.contains("max_spans_per_trace"),
+            "{err}"
+        );
     }
 }

@@ -144,7 +144,9 @@ mod tests {
     fn one_in_ten_threshold_matches_the_spec_example() {
         // The spec's 10% example: th:e666666666666a (rounded); ours floors, within 1 ulp.
         let t = threshold_for_rate(10);
-        let hex = std::str::from_utf8(encode_threshold(t).as_bytes()).unwrap().to_string();
+        let hex = std::str::from_utf8(encode_threshold(t).as_bytes())
+            .unwrap()
+            .to_string();
         assert!(hex.starts_with("e66666666666"), "{hex}");
         assert_eq!(rate_for_threshold(t), 10);
         assert_eq!(threshold_for_rate(2), 0x80000000000000);
@@ -169,7 +171,11 @@ mod tests {
     #[test]
     fn tracestate_rewrite_keeps_other_members_and_subkeys() {
         let mut out = Vec::new();
-        write_tracestate("a=1,ot=th:c;rv:0123456789abcd,b=2", 0x80000000000000, &mut out);
+        write_tracestate(
+            "a=1,ot=th:c;rv:0123456789abcd,b=2",
+            0x80000000000000,
+            &mut out,
+        );
         assert_eq!(out, b"ot=th:8;rv:0123456789abcd,a=1,b=2");
     }
 }

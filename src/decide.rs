@@ -84,8 +84,18 @@ impl<'a> TraceRef<'a> {
     /// A view of `trace`.
     pub fn new(trace: &'a CompleteTrace) -> Self {
         let root = trace.spans.iter().position(|s| s.index.is_root());
-        let start = trace.spans.iter().map(|s| s.index.start_unix_nanos).min().unwrap_or(0);
-        let end = trace.spans.iter().map(|s| s.index.end_unix_nanos).max().unwrap_or(0);
+        let start = trace
+            .spans
+            .iter()
+            .map(|s| s.index.start_unix_nanos)
+            .min()
+            .unwrap_or(0);
+        let end = trace
+            .spans
+            .iter()
+            .map(|s| s.index.end_unix_nanos)
+            .max()
+            .unwrap_or(0);
         TraceRef {
             trace,
             root,
@@ -146,8 +156,7 @@ impl SpanView for SpanRecord {
         }
     }
     fn duration_nanos(&self) -> u64 {
-        self
-            .index
+        self.index
             .end_unix_nanos
             .saturating_sub(self.index.start_unix_nanos)
     }
@@ -155,7 +164,9 @@ impl SpanView for SpanRecord {
         self.index.is_root()
     }
     fn attribute(&self, key: &str) -> Option<Value<'_>> {
-        let on_span = find_attribute(&self.bytes, 9, key.as_bytes()).ok().flatten();
+        let on_span = find_attribute(&self.bytes, 9, key.as_bytes())
+            .ok()
+            .flatten();
         let found = match on_span {
             Some(v) => Some(v),
             None => find_attribute(&self.origin.resource, 1, key.as_bytes())

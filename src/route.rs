@@ -56,7 +56,10 @@ impl Router {
             let mut permits = Vec::with_capacity(n);
             for (i, part) in parts.iter().enumerate() {
                 if !part.is_empty() {
-                    let permit = self.shards[i].reserve().await.map_err(|_| RouteError::Closed)?;
+                    let permit = self.shards[i]
+                        .reserve()
+                        .await
+                        .map_err(|_| RouteError::Closed)?;
                     permits.push((i, permit));
                 }
             }

@@ -96,37 +96,115 @@ impl Stats {
     pub fn render_prometheus(&self, out: &mut String) {
         use std::fmt::Write;
         let counters: [(&str, &str, &AtomicU64); 10] = [
-            ("tailsift_requests_received_total", "OTLP export requests received", &self.requests_received),
-            ("tailsift_requests_refused_total", "Requests refused with a retryable code (overload)", &self.requests_refused),
-            ("tailsift_requests_invalid_total", "Requests refused as undecodable or too large", &self.requests_invalid),
-            ("tailsift_spans_received_total", "Valid spans accepted", &self.spans_received),
-            ("tailsift_traces_decided_total", "Traces decided", &self.traces_decided),
-            ("tailsift_traces_kept_total", "Traces kept", &self.traces_kept),
-            ("tailsift_spans_kept_total", "Spans of kept traces handed to export", &self.spans_kept),
-            ("tailsift_spans_exported_total", "Spans delivered to the backend", &self.spans_exported),
-            ("tailsift_late_spans_total", "Spans that arrived after their trace was decided", &self.late_spans),
-            ("tailsift_export_retries_total", "Export requests retried", &self.export_retries),
+            (
+                "tailsift_requests_received_total",
+                "OTLP export requests received",
+                &self.requests_received,
+            ),
+            (
+                "tailsift_requests_refused_total",
+                "Requests refused with a retryable code (overload)",
+                &self.requests_refused,
+            ),
+            (
+                "tailsift_requests_invalid_total",
+                "Requests refused as undecodable or too large",
+                &self.requests_invalid,
+            ),
+            (
+                "tailsift_spans_received_total",
+                "Valid spans accepted",
+                &self.spans_received,
+            ),
+            (
+                "tailsift_traces_decided_total",
+                "Traces decided",
+                &self.traces_decided,
+            ),
+            (
+                "tailsift_traces_kept_total",
+                "Traces kept",
+                &self.traces_kept,
+            ),
+            (
+                "tailsift_spans_kept_total",
+                "Spans of kept traces handed to export",
+                &self.spans_kept,
+            ),
+            (
+                "tailsift_spans_exported_total",
+                "Spans delivered to the backend",
+                &self.spans_exported,
+            ),
+            (
+                "tailsift_late_spans_total",
+                "Spans that arrived after their trace was decided",
+                &self.late_spans,
+            ),
+            (
+                "tailsift_export_retries_total",
+                "Export requests retried",
+                &self.export_retries,
+            ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Relaxed)
+            );
         }
         let _ = writeln!(out, "# HELP tailsift_spans_dropped_total Spans not delivered, by reason\n# TYPE tailsift_spans_dropped_total counter");
         for reason in DropReason::ALL {
-            let _ = writeln!(out, "tailsift_spans_dropped_total{{reason=\"{}\"}} {}", reason.as_str(), self.dropped(reason));
+            let _ = writeln!(
+                out,
+                "tailsift_spans_dropped_total{{reason=\"{}\"}} {}",
+                reason.as_str(),
+                self.dropped(reason)
+            );
         }
         let _ = writeln!(out, "# HELP tailsift_traces_decided_by_total Traces decided, by trigger\n# TYPE tailsift_traces_decided_by_total counter");
         for cause in CAUSES {
-            let _ = writeln!(out, "tailsift_traces_decided_by_total{{cause=\"{}\"}} {}", cause.as_str(), self.decided_count(cause));
+            let _ = writeln!(
+                out,
+                "tailsift_traces_decided_by_total{{cause=\"{}\"}} {}",
+                cause.as_str(),
+                self.decided_count(cause)
+            );
         }
         let gauges: [(&str, &str, &AtomicI64); 5] = [
-            ("tailsift_buffered_spans", "Spans held in the buffer", &self.buffered_spans),
-            ("tailsift_buffered_traces", "Traces held in the buffer", &self.buffered_traces),
-            ("tailsift_buffered_bytes", "Bytes held in the buffer", &self.buffered_bytes),
-            ("tailsift_export_queue_bytes", "Bytes of kept spans waiting for export", &self.export_queue_bytes),
-            ("tailsift_export_queue_spans", "Kept spans waiting for export or in flight", &self.export_queue_spans),
+            (
+                "tailsift_buffered_spans",
+                "Spans held in the buffer",
+                &self.buffered_spans,
+            ),
+            (
+                "tailsift_buffered_traces",
+                "Traces held in the buffer",
+                &self.buffered_traces,
+            ),
+            (
+                "tailsift_buffered_bytes",
+                "Bytes held in the buffer",
+                &self.buffered_bytes,
+            ),
+            (
+                "tailsift_export_queue_bytes",
+                "Bytes of kept spans waiting for export",
+                &self.export_queue_bytes,
+            ),
+            (
+                "tailsift_export_queue_spans",
+                "Kept spans waiting for export or in flight",
+                &self.export_queue_spans,
+            ),
         ];
         for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", value.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                value.load(Relaxed)
+            );
         }
     }
 }

@@ -55,15 +55,12 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         "# HELP tailsift_rules_reloads_total Rules reloads, by outcome\n# TYPE tailsift_rules_reloads_total counter\ntailsift_rules_reloads_total{{outcome=\"ok\"}} {}\ntailsift_rules_reloads_total{{outcome=\"error\"}} {}\n",
         status.reloads, status.failures
     ));
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        out,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
 fn unix_seconds(t: Option<std::time::SystemTime>) -> Option<u64> {
-    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs())
+    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
 }
 
 async fn rules(State(s): State<AdminState>) -> Json<serde_json::Value> {

@@ -346,11 +346,18 @@ mod tests {
         let start = Instant::now();
         let mut out = Vec::new();
         t.insert(vec![span(1, 2, 1)], start, &mut out);
-        t.insert(vec![span(1, 1, 0)], start + Duration::from_secs(1), &mut out);
+        t.insert(
+            vec![span(1, 1, 0)],
+            start + Duration::from_secs(1),
+            &mut out,
+        );
         t.expire(start + Duration::from_millis(2900), &mut out);
         assert!(out.is_empty());
         t.expire(start + Duration::from_secs(3), &mut out);
-        assert_eq!(traces(&out), vec![(TraceId([1; 16]), 2, DecideCause::RootGrace)]);
+        assert_eq!(
+            traces(&out),
+            vec![(TraceId([1; 16]), 2, DecideCause::RootGrace)]
+        );
         assert_eq!(t.occupancy(), Occupancy::default());
     }
 
@@ -364,7 +371,10 @@ mod tests {
         assert!(out.is_empty());
         assert_eq!(t.next_deadline(), Some(start + Duration::from_secs(30)));
         t.expire(start + Duration::from_secs(30), &mut out);
-        assert_eq!(traces(&out), vec![(TraceId([1; 16]), 1, DecideCause::Timeout)]);
+        assert_eq!(
+            traces(&out),
+            vec![(TraceId([1; 16]), 1, DecideCause::Timeout)]
+        );
     }
 
     #[test]
@@ -374,13 +384,22 @@ mod tests {
         let mut t = Table::new(l);
         let now = Instant::now();
         let mut out = Vec::new();
-        t.insert(vec![span(1, 1, 0), span(1, 2, 1), span(1, 3, 1)], now, &mut out);
-        assert_eq!(traces(&out), vec![(TraceId([1; 16]), 3, DecideCause::SpanLimit)]);
+        t.insert(
+            vec![span(1, 1, 0), span(1, 2, 1), span(1, 3, 1)],
+            now,
+            &mut out,
+        );
+        assert_eq!(
+            traces(&out),
+            vec![(TraceId([1; 16]), 3, DecideCause::SpanLimit)]
+        );
         t.remember(TraceId([1; 16]), decision());
         out.clear();
         t.insert(vec![span(1, 4, 1), span(1, 5, 1)], now, &mut out);
         match &out[..] {
-            [Ready::Late { spans, decision, .. }] => {
+            [Ready::Late {
+                spans, decision, ..
+            }] => {
                 assert_eq!(spans.len(), 2);
                 assert!(decision.keep);
             }
@@ -396,9 +415,16 @@ mod tests {
         let now = Instant::now();
         let mut out = Vec::new();
         for trace in 1..=4u8 {
-            t.insert(vec![span(trace, 1, 9)], now + Duration::from_millis(trace.into()), &mut out);
+            t.insert(
+                vec![span(trace, 1, 9)],
+                now + Duration::from_millis(trace.into()),
+                &mut out,
+            );
         }
-        assert_eq!(traces(&out), vec![(TraceId([1; 16]), 1, DecideCause::MemoryPressure)]);
+        assert_eq!(
+            traces(&out),
+            vec![(TraceId([1; 16]), 1, DecideCause::MemoryPressure)]
+        );
         assert_eq!(t.occupancy().traces, 3);
     }
 

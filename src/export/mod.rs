@@ -44,13 +44,17 @@ impl KeptSink for Intake {
         if let Err(err) = self.tx.send(kept) {
             self.stats.export_queue_bytes.fetch_sub(bytes, Relaxed);
             self.stats.export_queue_spans.fetch_sub(n as i64, Relaxed);
-            self.stats.drop_spans(DropReason::ShutdownDeadline, err.0.spans.len() as u64);
+            self.stats
+                .drop_spans(DropReason::ShutdownDeadline, err.0.spans.len() as u64);
         }
     }
 }
 
 /// Creates the intake and the receiving end for [`run`].
-pub fn intake(config: &ExportConfig, stats: Arc<Stats>) -> (Intake, mpsc::UnboundedReceiver<KeptSpans>) {
+pub fn intake(
+    config: &ExportConfig,
+    stats: Arc<Stats>,
+) -> (Intake, mpsc::UnboundedReceiver<KeptSpans>) {
     let (tx, rx) = mpsc::unbounded_channel();
     (
         Intake {

@@ -100,7 +100,9 @@ impl Sink {
                         path: path.display().to_string(),
                         source,
                     })?;
-                Ok(Sink::File(Arc::new(Mutex::new(std::io::BufWriter::new(file)))))
+                Ok(Sink::File(Arc::new(Mutex::new(std::io::BufWriter::new(
+                    file,
+                )))))
             }
             ExportKind::OtlpGrpc => {
                 let endpoint = tonic::transport::Endpoint::from_shared(config.endpoint.clone())
@@ -176,7 +178,10 @@ impl Sink {
                 if status.is_success() {
                     Ok(())
                 } else if matches!(status.as_u16(), 429 | 502 | 503 | 504) {
-                    Err(SendError::retryable(format!("backend answered {status}"), retry_after))
+                    Err(SendError::retryable(
+                        format!("backend answered {status}"),
+                        retry_after,
+                    ))
                 } else {
                     Err(SendError::permanent(format!("backend answered {status}")))
                 }
@@ -253,7 +258,9 @@ pub fn retry_info_delay(details: &[u8]) -> Option<Duration> {
                         (_, wt) => dr.skip(wt).ok()?,
                     }
                 }
-                return Some(Duration::from_secs(secs) + Duration::from_nanos(nanos % 1_000_000_000));
+                return Some(
+                    Duration::from_secs(secs) + Duration::from_nanos(nanos % 1_000_000_000),
+                );
             }
             info.skip(wt).ok()?;
         }

@@ -333,15 +333,16 @@ mod tests {
             s.trace_state = "ot=th:e6666666666667".into();
             s.attributes.push(kv("x", "x"));
             s.attributes.last_mut().unwrap().key = "SampleRate".into();
-            s.attributes.last_mut().unwrap().value = Some(
-                opentelemetry_proto::tonic::common::v1::AnyValue {
+            s.attributes.last_mut().unwrap().value =
+                Some(opentelemetry_proto::tonic::common::v1::AnyValue {
                     value: Some(Value::IntValue(10)),
-                },
-            );
+                });
             s.attributes.push(kv("tailsift.rule", "rest"));
         }
         // The threshold for 1 in 10 is floor-based; compare everything else exactly.
-        let got_ts = decoded.resource_spans[0].scope_spans[0].spans[0].trace_state.clone();
+        let got_ts = decoded.resource_spans[0].scope_spans[0].spans[0]
+            .trace_state
+            .clone();
         assert!(got_ts.starts_with("ot=th:e666666666666"), "{got_ts}");
         let mut decoded = decoded;
         for s in &mut decoded.resource_spans[0].scope_spans[0].spans {

@@ -86,7 +86,8 @@ fn read_resource_spans(
         }
     }
     // Origins are copied out so a held span never pins the request buffer through them.
-    let resource_bytes = Bytes::copy_from_slice(&request[base + resource.start..base + resource.end]);
+    let resource_bytes =
+        Bytes::copy_from_slice(&request[base + resource.start..base + resource.end]);
     let tenant = resource_tenant(&resource_bytes, &options.tenant_attribute)?
         .map(|t| TenantId::new(&t))
         .or_else(|| header_tenant.cloned())
@@ -133,7 +134,12 @@ fn read_scope_spans(
     let scope = Bytes::copy_from_slice(&request[base + scope.start..base + scope.end]);
     let scope_schema_url = Bytes::copy_from_slice(&request[base + schema.start..base + schema.end]);
     let mut hasher = Fnv64::default();
-    for part in [&resource[..], resource_schema_url, &scope, &scope_schema_url] {
+    for part in [
+        &resource[..],
+        resource_schema_url,
+        &scope,
+        &scope_schema_url,
+    ] {
         hasher.write_usize(part.len());
         hasher.write(part);
     }

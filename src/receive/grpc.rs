@@ -160,8 +160,12 @@ impl<B> LimitedBody<B> {
         self.header[self.header_len..self.header_len + take].copy_from_slice(&data[..take]);
         self.header_len += take;
         let announced = if self.header_len == 5 {
-            u32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]])
-                as usize
+            u32::from_be_bytes([
+                self.header[1],
+                self.header[2],
+                self.header[3],
+                self.header[4],
+            ]) as usize
         } else {
             0
         };

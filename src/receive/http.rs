@@ -115,7 +115,11 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
                     .into_response(),
                 Encoding::Json => (
                     [(header::CONTENT_TYPE, "application/json")],
-                    serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec()),
+                    // An absent partial success is omitted, not written as null.
+                    match response.partial_success {
+                        Some(_) => serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec()),
+                        None => b"{}".to_vec(),
+                    },
                 )
                     .into_response(),
             }

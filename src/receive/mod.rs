@@ -97,7 +97,9 @@ impl Receiver {
         self.stats.requests_received.fetch_add(1, Relaxed);
         if !self.accepting.load(Relaxed) {
             self.stats.requests_refused.fetch_add(1, Relaxed);
-            return Err(ReceiveError::Unavailable("the proxy is shutting down".into()));
+            return Err(ReceiveError::Unavailable(
+                "the proxy is shutting down".into(),
+            ));
         }
         if self.stats.buffered_bytes.load(Relaxed) >= self.max_buffered_bytes {
             self.stats.requests_refused.fetch_add(1, Relaxed);
@@ -112,16 +114,18 @@ impl Receiver {
                 limit: self.max_request_bytes,
             });
         }
-        let ingested = ingest_request(&body, header_tenant.as_ref(), &self.options).map_err(|e| {
-            self.stats.requests_invalid.fetch_add(1, Relaxed);
-            ReceiveError::Invalid(format!("cannot decode ExportTraceServiceRequest: {e}"))
-        })?;
+        let ingested =
+            ingest_request(&body, header_tenant.as_ref(), &self.options).map_err(|e| {
+                self.stats.requests_invalid.fetch_add(1, Relaxed);
+                ReceiveError::Invalid(format!("cannot decode ExportTraceServiceRequest: {e}"))
+            })?;
         let n = ingested.spans.len() as u64;
         match self.router.route(ingested.spans).await {
             Ok(()) => {
                 self.stats.spans_received.fetch_add(n, Relaxed);
                 if ingested.rejected > 0 {
-                    self.stats.drop_spans(DropReason::Invalid, ingested.rejected);
+                    self.stats
+                        .drop_spans(DropReason::Invalid, ingested.rejected);
                 }
                 Ok(Accepted {
                     rejected: ingested.rejected,
