@@ -92,6 +92,12 @@ impl Stats {
         self.decided_by[cause_index(cause)].load(Relaxed)
     }
 
+    /// Bytes held in memory for spans: buffered plus waiting for export. The memory budget
+    /// (`buffer.max_memory`) applies to this sum.
+    pub fn held_bytes(&self) -> i64 {
+        self.buffered_bytes.load(Relaxed) + self.export_queue_bytes.load(Relaxed)
+    }
+
     /// Prometheus text exposition of every counter and gauge.
     pub fn render_prometheus(&self, out: &mut String) {
         use std::fmt::Write;

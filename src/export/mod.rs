@@ -53,13 +53,14 @@ impl KeptSink for Intake {
 /// Creates the intake and the receiving end for [`run`].
 pub fn intake(
     config: &ExportConfig,
+    max_memory: u64,
     stats: Arc<Stats>,
 ) -> (Intake, mpsc::UnboundedReceiver<KeptSpans>) {
     let (tx, rx) = mpsc::unbounded_channel();
     (
         Intake {
             tx,
-            max_bytes: config.queue_max_bytes.0 as i64,
+            max_bytes: config.queue_max_bytes.map_or(max_memory / 4, |b| b.0) as i64,
             stats,
         },
         rx,
