@@ -55,6 +55,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     // export
     let sink = Sink::build(&config.export).context("setting up the exporter")?;
+    let spool = match &config.export.spool_dir {
+        Some(dir) => Some(Arc::new(
+            export::spool::Spool::open(dir, config.export.spool_max_bytes.0)
+                .context("opening the export spool")?,
+        )),
+        None => None,
+    };
+    if let Some(spool) = &spool {
+        stats.spooled_spans.store(spool.spans() as i64, Relaxed);
+    }
     let (intake, export_rx) =
         export::intake(&config.export, config.buffer.max_memory.0, stats.clone());
     let exporter = tokio::spawn(export::run(
@@ -62,6 +72,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         sink,
         config.export.clone(),
         keys.clone(),
+        spool,
         stats.clone(),
     ));
 

@@ -316,6 +316,11 @@ pub struct ExportConfig {
     pub retry_max: HumanDuration,
     /// Give up on a batch after retrying this long (its spans are counted `export_failed`).
     pub retry_max_elapsed: HumanDuration,
+    /// Directory of the disk spool; when set, batches the backend refuses with a retryable
+    /// error are written here and replayed oldest first (also after a restart).
+    pub spool_dir: Option<PathBuf>,
+    /// Most bytes the spool may hold; beyond it batches are retried in memory.
+    pub spool_max_bytes: ByteSize,
 }
 
 impl Default for ExportConfig {
@@ -333,6 +338,8 @@ impl Default for ExportConfig {
             retry_initial: HumanDuration(Duration::from_millis(100)),
             retry_max: HumanDuration(Duration::from_secs(5)),
             retry_max_elapsed: HumanDuration(Duration::from_secs(60)),
+            spool_dir: None,
+            spool_max_bytes: ByteSize(1 << 30),
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct Stats {
     pub export_queue_bytes: AtomicI64,
     /// Kept spans waiting for export or in flight.
     pub export_queue_spans: AtomicI64,
+    /// Kept spans waiting in the disk spool.
+    pub spooled_spans: AtomicI64,
 }
 
 fn cause_index(cause: DecideCause) -> usize {
@@ -178,7 +180,7 @@ impl Stats {
                 self.decided_count(cause)
             );
         }
-        let gauges: [(&str, &str, &AtomicI64); 5] = [
+        let gauges: [(&str, &str, &AtomicI64); 6] = [
             (
                 "tailsift_buffered_spans",
                 "Spans held in the buffer",
@@ -203,6 +205,11 @@ impl Stats {
                 "tailsift_export_queue_spans",
                 "Kept spans waiting for export or in flight",
                 &self.export_queue_spans,
+            ),
+            (
+                "tailsift_spooled_spans",
+                "Kept spans waiting in the disk spool",
+                &self.spooled_spans,
             ),
         ];
         for (name, help, value) in gauges {

@@ -300,3 +300,118 @@ fn parse_stopped(log: &str, key: &str) -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_backend_refusal_is_not_retried_and_is_counted() {
+    let (backend, proxy, _dir) = start_keep_all(|c| c).await;
+    backend.fail_next(1, Failure::invalid());
+    send_grpc(
+        proxy.grpc,
+        make_request(vec![make_trace(
+            trace_id_from_seed(5),
+            "acme",
+            3,
+            false,
+            "/p",
+        )]),
+    )
+    .await
+    .expect("accepted");
+    let dropped = wait_until_metric(
+        &proxy,
+        "tailsift_spans_dropped_total{reason=\"export_failed\"}",
+        3.0,
+    )
+    .await;
+    assert_eq!(dropped, 3.0);
+    assert_eq!(
+        backend.attempts(),
+        1,
+        "INVALID_ARGUMENT is permanent: no retry"
+    );
+    assert_eq!(backend.span_count(), 0);
+}
+
+/// Polls a metric until it reaches `want` (or the wait ends) and returns its last value.
+async fn wait_until_metric(proxy: &TailsiftProcess, name: &str, want: f64) -> f64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = metric(proxy, name).await;
+        if v >= want || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spooled_batches_survive_a_restart_and_arrive_exactly_once() {
+    let backend = RecordingBackend::start().await;
+    backend.go_down().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write_file(dir.path(), "rules.toml", KEEP_ALL_RULES);
+    let spool_dir = dir.path().join("spool");
+    let config = test_config(backend.grpc_addr(), &rules).replace(
+        "sample_rate_attribute = \"SampleRate\"",
+        &format!(
+            "sample_rate_attribute = \"SampleRate\"\nspool_dir = \"{}\"",
+            spool_dir.display()
+        ),
+    );
+    // First run: the backend is down the whole time; SIGTERM under load.
+    let mut proxy = TailsiftProcess::start(&config).await;
+    let mut acknowledged = 0usize;
+    for round in 0..20u64 {
+        let batch: Vec<_> = (0..5)
+            .map(|k| {
+                make_trace(
+                    trace_id_from_seed(round * 10 + k + 7_000),
+                    "acme",
+                    3,
+                    false,
+                    "/s",
+                )
+            })
+            .collect();
+        let n: usize = batch.iter().map(span_count).sum();
+        if send_grpc(proxy.grpc, make_request(batch)).await.is_ok() {
+            acknowledged += n;
+        }
+    }
+    proxy.sigterm();
+    assert!(proxy.wait_exit(WAIT).await.success());
+    let first_log = proxy.log();
+    assert_eq!(parse_stopped(&first_log, "exported"), 0);
+    assert!(
+        std::fs::read_dir(&spool_dir).unwrap().count() > 0,
+        "batches were spooled"
+    );
+
+    // Second run: the backend is back; the spool is replayed.
+    backend.come_up().await;
+    let mut proxy = TailsiftProcess::start(&config).await;
+    backend.wait_for_spans(acknowledged, WAIT).await;
+    backend
+        .assert_span_count_stays(acknowledged, Duration::from_millis(700))
+        .await;
+    let mut seen = std::collections::BTreeSet::new();
+    for s in backend.spans() {
+        assert!(
+            seen.insert((s.trace_id_hex(), s.span_id_hex())),
+            "duplicate span"
+        );
+        assert_eq!(s.attr_str("tailsift.rule"), Some("all"));
+    }
+    assert_eq!(
+        seen.len(),
+        acknowledged,
+        "exported + counted dropped == acknowledged, with nothing dropped"
+    );
+    proxy.sigterm();
+    assert!(proxy.wait_exit(WAIT).await.success());
+    assert_eq!(
+        std::fs::read_dir(&spool_dir).unwrap().count(),
+        0,
+        "the spool is empty after replay"
+    );
+}
