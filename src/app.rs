@@ -18,9 +18,11 @@ use crate::model::{DropReason, TenantId};
 use crate::otlp::encode::AnnotationKeys;
 use crate::otlp::ingest::IngestOptions;
 use crate::receive::{self, Receiver};
-use crate::reload::LiveRules;
+use crate::reload::{self, LiveRules, RulesWatcher, Trigger};
 use crate::route::Router;
+use crate::shadow::ShadowStats;
 use crate::stats::Stats;
+use crate::tags::TagTable;
 
 /// Attribute naming the deciding rule on every exported span.
 pub const RULE_ATTRIBUTE: &str = "tailsift.rule";
@@ -37,6 +39,11 @@ pub struct Running {
     pub stats: Arc<Stats>,
     /// The live rules.
     pub rules: Arc<LiveRules>,
+    /// Runtime tenant tags.
+    pub tags: Arc<TagTable>,
+    /// Shadow rules outcomes.
+    pub shadow_stats: Arc<ShadowStats>,
+    _watcher: Option<RulesWatcher>,
     stop: watch::Sender<bool>,
     done: JoinHandle<()>,
 }
@@ -45,9 +52,28 @@ pub struct Running {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let stats = Arc::new(Stats::default());
     let rules = Arc::new(
-        LiveRules::load(&config.rules.file)
+        LiveRules::load_with_shadow(&config.rules.file, config.rules.shadow_file.as_deref())
             .with_context(|| format!("loading rules from {}", config.rules.file.display()))?,
     );
+    let tags = Arc::new(TagTable::load(&config.rules.tags_file).context("loading tenant tags")?);
+    let shadow_stats = Arc::new(ShadowStats::default());
+    let watcher = if config.rules.watch {
+        match reload::watch(&rules, reload::WATCH_DEBOUNCE) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "rules file not watched; reload with SIGHUP or the admin API");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let inputs = buffer::DecideInputs {
+        rules: rules.handle(),
+        shadow: rules.shadow_handle(),
+        tags: tags.clone(),
+        shadow_stats: shadow_stats.clone(),
+    };
     let keys = AnnotationKeys {
         sample_rate: config.export.sample_rate_attribute.clone(),
         rule: RULE_ATTRIBUTE.to_string(),
@@ -88,7 +114,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             buffer::table::Table::new(limits.clone()),
             rx,
             stop_rx.clone(),
-            rules.handle(),
+            inputs.clone(),
             intake.clone(),
             stats.clone(),
         )));
@@ -139,7 +165,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             let signal = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = axum::serve(http_listener, app).with_graceful_shutdown(signal).await {
+            if let Err(e) = axum::serve(http_listener, app)
+                .with_graceful_shutdown(signal)
+                .await
+            {
                 tracing::error!(error = %e, "HTTP listener failed");
             }
         })
@@ -150,6 +179,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let app = admin::router(AdminState {
             stats: stats.clone(),
             rules: rules.clone(),
+            tags: tags.clone(),
+            shadow: shadow_stats.clone(),
             ready: ready.clone(),
             max_memory: config.buffer.max_memory.0 as i64,
         });
@@ -158,7 +189,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             let signal = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            let _ = axum::serve(admin_listener, app).with_graceful_shutdown(signal).await;
+            let _ = axum::serve(admin_listener, app)
+                .with_graceful_shutdown(signal)
+                .await;
         })
     };
 
@@ -181,7 +214,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             if tokio::time::timeout(deadline, drain).await.is_err() {
                 let buffered = stats.buffered_spans.load(Relaxed).max(0) as u64;
                 let queued = stats.export_queue_spans.load(Relaxed).max(0) as u64;
-                tracing::error!(buffered, queued, "shutdown deadline passed; undelivered spans counted as dropped");
+                tracing::error!(
+                    buffered,
+                    queued,
+                    "shutdown deadline passed; undelivered spans counted as dropped"
+                );
                 stats.drop_spans(DropReason::ShutdownDeadline, buffered + queued);
             }
             let _ = admin_task.await;
@@ -197,6 +234,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         admin_addr,
         stats,
         rules,
+        tags,
+        shadow_stats,
+        _watcher: watcher,
         stop: stop_tx,
         done,
     })
@@ -251,7 +291,7 @@ async fn wait_for_signal(running: &Running) {
             _ = int.recv() => return,
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading rules");
-                let _ = running.rules.reload();
+                let _ = running.rules.reload(Trigger::Signal);
             }
         }
     }

@@ -68,7 +68,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("duration {s:?} needs a unit: ns, us, ms, s, m or h (e.g. \"2s\")"))?;
+        .ok_or_else(|| {
+            format!("duration {s:?} needs a unit: ns, us, ms, s, m or h (e.g. \"2s\")")
+        })?;
     let (number, unit) = s.split_at(split);
     let value: f64 = number
         .parse()
@@ -259,15 +261,28 @@ pub struct RulesConfig {
     /// The rules file. When it is the default path and does not exist, built-in rules equal
     /// to the shipped `rules/default.toml` are used.
     pub file: PathBuf,
+    /// Reload the rules when the file changes on disk (debounced 200 ms).
+    pub watch: bool,
+    /// A candidate rules file evaluated beside the live rules without deciding anything
+    /// (reported by `GET /api/v1/rules/shadow`); none by default.
+    pub shadow_file: Option<PathBuf>,
+    /// JSON state file for runtime tenant tags, written atomically, read at start.
+    pub tags_file: PathBuf,
 }
 
 impl Default for RulesConfig {
     fn default() -> Self {
         RulesConfig {
             file: PathBuf::from(DEFAULT_RULES_FILE),
+            watch: true,
+            shadow_file: None,
+            tags_file: PathBuf::from(DEFAULT_TAGS_FILE),
         }
     }
 }
+
+/// The default tenant-tag state file.
+pub const DEFAULT_TAGS_FILE: &str = "tailsift-tags.json";
 
 /// The default rules path.
 pub const DEFAULT_RULES_FILE: &str = "rules/default.toml";
@@ -413,7 +428,9 @@ impl Config {
         let e = &self.export;
         if e.kind != ExportKind::File {
             match e.endpoint.parse::<http::Uri>() {
-                Ok(uri) if uri.scheme_str() == Some("http") || uri.scheme_str() == Some("https") => {
+                Ok(uri)
+                    if uri.scheme_str() == Some("http") || uri.scheme_str() == Some("https") =>
+                {
                     if uri.scheme_str() == Some("https") {
                         problems.push(format!(
                             "export.endpoint {:?}: https is not supported yet; use http:// (e.g. to a local collector)",
@@ -431,7 +448,8 @@ impl Config {
             problems.push("export.sample_rate_attribute must not be empty".into());
         }
         if e.batch_max_spans == 0 || e.max_in_flight == 0 {
-            problems.push("export.batch_max_spans and export.max_in_flight must be at least 1".into());
+            problems
+                .push("export.batch_max_spans and export.max_in_flight must be at least 1".into());
         }
         if e.retry_initial.0 > e.retry_max.0 {
             problems.push("export.retry_initial must not exceed export.retry_max".into());
@@ -461,6 +479,9 @@ mod tests {
         assert_eq!(c.buffer.max_memory.0, 1 << 30);
         assert_eq!(c.export.kind, ExportKind::File);
         assert_eq!(c.rules.file, PathBuf::from("rules/default.toml"));
+        assert!(c.rules.watch);
+        assert_eq!(c.rules.shadow_file, None);
+        assert_eq!(c.rules.tags_file, PathBuf::from("tailsift-tags.json"));
     }
 
     #[test]
@@ -481,6 +502,8 @@ max_spans_per_trace = 10000
 max_memory = "1GiB"
 [rules]
 file = "rules/default.toml"
+watch = true
+tags_file = "tailsift-tags.json"
 [export]
 kind = "file"
 endpoint = "http://127.0.0.1:14317"
@@ -495,18 +518,24 @@ listen = "127.0.0.1:8080"
 
     #[test]
     fn unknown_keys_are_errors_with_a_line_number() {
-        let err = Config::parse("[buffer]\nroot_grace = \"2s\"\nroot_grase = \"1s\"\n", Path::new("c.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(
+            "[buffer]\nroot_grace = \"2s\"\nroot_grase = \"1s\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("root_grase"), "{err}");
         assert!(err.contains("line 3"), "{err}");
     }
 
     #[test]
     fn bad_units_explain_the_fix() {
-        let err = Config::parse("[buffer]\nroot_grace = \"2 parsecs\"\n", Path::new("c.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(
+            "[buffer]\nroot_grace = \"2 parsecs\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("unknown unit"), "{err}");
         assert!(parse_duration("1.5s").unwrap() == Duration::from_millis(1500));
         assert_eq!("512MiB".parse::<ByteSize>().unwrap().0, 512 << 20);
@@ -520,6 +549,9 @@ listen = "127.0.0.1:8080"
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("root_grace") && err.contains("max_spans_per_trace"), "{err}");
+        assert!(
+            err.contains("root_grace") && err.contains("max_spans_per_trace"),
+            "{err}"
+        );
     }
 }
