@@ -258,8 +258,10 @@ impl Running {
 
 /// Runs until SIGTERM or SIGINT, then shuts down gracefully; SIGHUP reloads the rules.
 pub async fn run_until_signal(config: Config) -> anyhow::Result<()> {
+    // Handlers go in before anything listens: a SIGHUP right after start must reload, not kill.
+    let signals = Signals::install();
     let running = start(config).await?;
-    wait_for_signal(&running).await;
+    signals.wait(&running).await;
     tracing::info!("shutting down: deciding buffered traces and flushing exports");
     let stats = running.stats.clone();
     running.shutdown().await;
@@ -274,30 +276,54 @@ pub async fn run_until_signal(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(unix)]
-async fn wait_for_signal(running: &Running) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading rules");
-                let _ = running.rules.reload(Trigger::Signal);
+/// The process signals the proxy reacts to, installed before start-up.
+struct Signals {
+    #[cfg(unix)]
+    unix: Option<[tokio::signal::unix::Signal; 3]>,
+}
+
+impl Signals {
+    #[cfg(unix)]
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let unix = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(int), Ok(hup)) => Some([term, int, hup]),
+            _ => None,
+        };
+        Signals { unix }
+    }
+
+    #[cfg(not(unix))]
+    fn install() -> Signals {
+        Signals {}
+    }
+
+    /// Waits for SIGTERM or SIGINT; SIGHUP reloads the rules meanwhile.
+    #[cfg(unix)]
+    async fn wait(self, running: &Running) {
+        let Some([mut term, mut int, mut hup]) = self.unix else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = int.recv() => return,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading rules");
+                    let rules = running.rules.clone();
+                    let _ = tokio::task::spawn_blocking(move || rules.reload(Trigger::Signal)).await;
+                }
             }
         }
     }
-}
 
-#[cfg(not(unix))]
-async fn wait_for_signal(_running: &Running) {
-    let _ = tokio::signal::ctrl_c().await;
+    #[cfg(not(unix))]
+    async fn wait(self, _running: &Running) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
