@@ -41,9 +41,11 @@ impl Node {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .expect("tailsift did not report its addresses");
+            let Ok(line) = rx.recv_timeout(left) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("tailsift did not report its addresses");
+            };
             if let Some(rest) = line.split("tailsift listening ").nth(1) {
                 let addr = |key: &str| -> SocketAddr {
                     let v = rest
