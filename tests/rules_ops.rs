@@ -482,3 +482,80 @@ fn rule_hits_and_shadow_keep_rates_are_reported_per_tenant_on_real_traffic() {
     assert_eq!(view["shadow"]["source"], shadow.display().to_string());
     node.stop();
 }
+
+/// One small trace with a fresh trace id (`n` in its low bytes).
+fn one_trace(n: u64) -> String {
+    format!(
+        r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"load"}}}}]}},"scopeSpans":[{{"spans":[{{"traceId":"{:032x}","spanId":"0000000000000001","name":"GET /","kind":2,"startTimeUnixNano":"1000","endTimeUnixNano":"2000"}}]}}]}}]}}"#,
+        (0xabcd_u128 << 64) | u128::from(n)
+    )
+}
+
+#[test]
+fn rewriting_the_rules_file_under_load_switches_decisions_within_two_seconds_without_failing_a_request(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, "[[rule]]\nname = \"keep-all\"\nsample_rate = 1\n").unwrap();
+    let config = write_config(dir.path(), &rules, "");
+    let node = Node::start(&config);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let http_addr = node.http;
+        std::thread::spawn(move || {
+            let mut sent = 0u64;
+            let mut failed = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                sent += 1;
+                let (status, body) = http(
+                    http_addr,
+                    "POST",
+                    "/v1/traces",
+                    "application/json",
+                    &one_trace(sent),
+                );
+                if status != 200 {
+                    failed.push((status, body));
+                }
+            }
+            (sent, failed)
+        })
+    };
+    let hits = |name: &str| -> u64 {
+        let view = get_json(node.admin, "/api/v1/rules");
+        view["rules"]
+            .as_array()
+            .and_then(|rs| rs.iter().find(|r| r["name"] == name))
+            .and_then(|r| r["hits"].as_u64())
+            .unwrap_or(0)
+    };
+    wait_for("decisions under the first rules", || hits("keep-all") > 0);
+    std::fs::write(
+        dir.path().join("next.toml"),
+        "[[rule]]\nname = \"drop-all\"\ndrop = true\n",
+    )
+    .unwrap();
+    std::fs::rename(dir.path().join("next.toml"), &rules).unwrap();
+    let start = Instant::now();
+    wait_for("decisions under the rewritten rules", || {
+        hits("drop-all") > 0
+    });
+    let switched = start.elapsed();
+    // Keep the load on a little after the switch.
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, failed) = load.join().unwrap();
+    assert!(
+        switched < Duration::from_secs(2),
+        "decisions switched after {switched:?}"
+    );
+    assert!(sent > 10, "only {sent} requests sent");
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} requests failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    node.stop();
+}
