@@ -8,6 +8,7 @@ use crate::consistent::{self, MAX};
 use crate::model::{CompleteTrace, Decision, SpanRecord, StatusCode};
 use crate::otlp::{find_attribute, AnyValue};
 use crate::rules::{Action, RuleSet, SpanKind, SpanStatus, SpanView, TraceView, Value};
+use crate::tags::{TagMap, TAG_RULE};
 
 /// Name recorded for traces no rule matched (they are kept: nothing is lost by omission).
 pub const NO_RULE: &str = "(no rule)";
@@ -19,10 +20,27 @@ pub struct Decider {
 }
 
 impl Decider {
-    /// Decides one trace with the given rule-set snapshot.
+    /// Decides one trace: a runtime tenant tag (active at `now_ms`) keeps it entirely as rule
+    /// `tenant-tag`; otherwise the rule-set snapshot decides.
+    pub fn decide_tagged(
+        &mut self,
+        trace: &CompleteTrace,
+        rules: &RuleSet,
+        tags: &TagMap,
+        now_ms: u64,
+    ) -> Decision {
+        if tags.keeps_all(trace.tenant.as_str(), now_ms) {
+            let rule = self.intern(TAG_RULE);
+            return sampled(trace, 1, rule);
+        }
+        self.decide(trace, rules)
+    }
+
+    /// Decides one trace with the given rule-set snapshot, counting the hit on its rule.
     pub fn decide(&mut self, trace: &CompleteTrace, rules: &RuleSet) -> Decision {
         let view = TraceRef::new(trace);
         let verdict = rules.evaluate(&view);
+        rules.record_hit(&verdict);
         let rule = self.intern(verdict.rule.unwrap_or(NO_RULE));
         let rate = match verdict.action {
             Action::Drop => {
@@ -37,15 +55,7 @@ impl Decider {
             // Dynamic samplers plug in here; until one is configured the trace is kept.
             Action::Sampler(..) => 1,
         };
-        let ot = upstream_state(&trace.spans);
-        let randomness = ot.randomness.unwrap_or_else(|| trace.trace_id.randomness());
-        let threshold = consistent::compose(ot.threshold.unwrap_or(0), rate);
-        Decision {
-            keep: consistent::keeps(randomness, threshold),
-            sample_rate: consistent::rate_for_threshold(threshold),
-            threshold,
-            rule,
-        }
+        sampled(trace, rate, rule)
     }
 
     fn intern(&mut self, name: &str) -> Arc<str> {
@@ -55,6 +65,19 @@ impl Decider {
         let n: Arc<str> = Arc::from(name);
         self.rule_names.insert(name.to_string(), n.clone());
         n
+    }
+}
+
+/// Keeps 1 trace in `rate`, consistently with upstream head sampling and other nodes.
+fn sampled(trace: &CompleteTrace, rate: u64, rule: Arc<str>) -> Decision {
+    let ot = upstream_state(&trace.spans);
+    let randomness = ot.randomness.unwrap_or_else(|| trace.trace_id.randomness());
+    let threshold = consistent::compose(ot.threshold.unwrap_or(0), rate);
+    Decision {
+        keep: consistent::keeps(randomness, threshold),
+        sample_rate: consistent::rate_for_threshold(threshold),
+        threshold,
+        rule,
     }
 }
 
@@ -174,5 +197,73 @@ impl SpanView for SpanRecord {
                 .flatten(),
         };
         found.and_then(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::explain::traces_from_json;
+    use crate::model::TenantId;
+    use crate::otlp::ingest::IngestOptions;
+    use crate::tags::{unix_ms, TagTable};
+
+    fn fixture() -> Vec<CompleteTrace> {
+        let options = IngestOptions {
+            tenant_attribute: "tenant.id".into(),
+            default_tenant: TenantId::new("default"),
+            reserved_attributes: Vec::new(),
+        };
+        let body = include_bytes!("../tests/fixtures/traces.json");
+        traces_from_json(body, &options).unwrap().0
+    }
+
+    #[test]
+    fn tenant_tag_keeps_the_tenants_traces_above_the_rules_until_it_expires() {
+        let rules = RuleSet::parse("[[rule]]\nname = \"none\"\ndrop = true\n", "t").unwrap();
+        let traces = fixture();
+        let acme = traces.iter().find(|t| t.tenant.as_str() == "acme").unwrap();
+        let other = traces.iter().find(|t| t.tenant.as_str() != "acme").unwrap();
+        let tags = TagTable::in_memory();
+        let mut decider = Decider::default();
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let before = decider.decide_tagged(acme, &rules, &tags.snapshot(), unix_ms(t0));
+        assert!(!before.keep);
+        tags.set("acme", Some(Duration::from_secs(3600)), t0)
+            .unwrap();
+        // The very next decision sees the tag.
+        let now = unix_ms(t0 + Duration::from_secs(1));
+        let tagged = decider.decide_tagged(acme, &rules, &tags.snapshot(), now);
+        assert_eq!(
+            (tagged.keep, tagged.sample_rate, &*tagged.rule),
+            (true, 1, TAG_RULE)
+        );
+        let untagged = decider.decide_tagged(other, &rules, &tags.snapshot(), now);
+        assert_eq!((untagged.keep, &*untagged.rule), (false, "none"));
+        let later = unix_ms(t0 + Duration::from_secs(3600));
+        let expired = decider.decide_tagged(acme, &rules, &tags.snapshot(), later);
+        assert_eq!((expired.keep, &*expired.rule), (false, "none"));
+    }
+
+    #[test]
+    fn decisions_count_hits_on_the_deciding_rule() {
+        let rules = RuleSet::builtin();
+        let mut decider = Decider::default();
+        for trace in &fixture() {
+            decider.decide(trace, &rules);
+        }
+        let hits: Vec<(&str, u64)> = rules.rules().map(|r| (r.rule.name(), r.hits)).collect();
+        assert_eq!(
+            hits,
+            vec![
+                ("errors", 1),
+                ("tagged-tenants", 1),
+                ("health-checks", 1),
+                ("slow", 1),
+                ("rest", 1)
+            ]
+        );
     }
 }

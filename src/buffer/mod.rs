@@ -6,15 +6,18 @@ pub mod table;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::decide::Decider;
 use crate::model::{DropReason, KeptSpans, SpanRecord};
 use crate::rules::RuleSet;
+use crate::shadow::{ShadowStats, Tally};
 use crate::stats::Stats;
+use crate::tags::{unix_ms, TagTable};
 use table::{Occupancy, Ready, Table};
 
 pub use table::Limits;
@@ -28,12 +31,37 @@ pub trait KeptSink: Send + Sync + 'static {
 /// A batch of spans for one shard.
 pub type ShardBatch = Vec<SpanRecord>;
 
+/// What every decision reads, shared by all shards; each batch loads one snapshot of each.
+#[derive(Clone)]
+pub struct DecideInputs {
+    /// The live rules.
+    pub rules: Arc<ArcSwap<RuleSet>>,
+    /// Shadow rules evaluated beside the live ones (empty when none are configured).
+    pub shadow: Arc<ArcSwapOption<RuleSet>>,
+    /// Runtime tenant tags, above the rules in precedence.
+    pub tags: Arc<TagTable>,
+    /// Where shadow outcomes are counted.
+    pub shadow_stats: Arc<ShadowStats>,
+}
+
+impl DecideInputs {
+    /// Inputs with only live rules: no shadow rules, no tags.
+    pub fn rules_only(rules: Arc<ArcSwap<RuleSet>>) -> DecideInputs {
+        DecideInputs {
+            rules,
+            shadow: Arc::new(ArcSwapOption::empty()),
+            tags: Arc::new(TagTable::in_memory()),
+            shadow_stats: Arc::new(ShadowStats::default()),
+        }
+    }
+}
+
 /// Runs one shard until its intake closes, then decides everything it still holds.
 pub async fn run_shard(
     mut table: Table,
     mut intake: mpsc::Receiver<ShardBatch>,
     mut stop: watch::Receiver<bool>,
-    rules: Arc<ArcSwap<RuleSet>>,
+    inputs: DecideInputs,
     sink: Arc<dyn KeptSink>,
     stats: Arc<Stats>,
 ) {
@@ -58,11 +86,25 @@ pub async fn run_shard(
                 table.expire(Instant::now(), &mut ready);
             }
         }
-        settle(&mut table, &mut ready, &mut decider, &rules, &*sink, &stats);
+        settle(
+            &mut table,
+            &mut ready,
+            &mut decider,
+            &inputs,
+            &*sink,
+            &stats,
+        );
         last = report(&table, last, &stats);
     }
     table.drain(&mut ready);
-    settle(&mut table, &mut ready, &mut decider, &rules, &*sink, &stats);
+    settle(
+        &mut table,
+        &mut ready,
+        &mut decider,
+        &inputs,
+        &*sink,
+        &stats,
+    );
     report(&table, last, &stats);
 }
 
@@ -87,23 +129,32 @@ fn report(table: &Table, last: Occupancy, stats: &Stats) -> Occupancy {
     now
 }
 
-/// Decides ready traces and routes late spans, with one rule-set snapshot for the lot.
+/// Decides ready traces and routes late spans, with one snapshot of the rules, the shadow
+/// rules, the tenant tags and the clock for the lot.
 fn settle(
     table: &mut Table,
     ready: &mut Vec<Ready>,
     decider: &mut Decider,
-    rules: &ArcSwap<RuleSet>,
+    inputs: &DecideInputs,
     sink: &dyn KeptSink,
     stats: &Stats,
 ) {
     if ready.is_empty() {
         return;
     }
-    let rules = rules.load();
+    let rules = inputs.rules.load();
+    let shadow = inputs.shadow.load();
+    let tags = inputs.tags.snapshot();
+    let now_ms = unix_ms(SystemTime::now());
+    let mut tally = Tally::default();
     for item in ready.drain(..) {
         match item {
             Ready::Trace(trace) => {
-                let decision = decider.decide(&trace, &rules);
+                let decision = decider.decide_tagged(&trace, &rules, &tags, now_ms);
+                if let Some(shadow) = &*shadow {
+                    let would = decider.decide_tagged(&trace, shadow, &tags, now_ms);
+                    tally.add(&trace.tenant, decision.keep, would.keep);
+                }
                 stats.traces_decided.fetch_add(1, Relaxed);
                 stats.decided_by(trace.cause, 1);
                 table.remember(trace.trace_id, decision.clone());
@@ -121,6 +172,9 @@ fn settle(
                 hand_on(sink, stats, tenant, decision, spans);
             }
         }
+    }
+    if let Some(shadow) = &*shadow {
+        inputs.shadow_stats.merge(shadow.source_hash(), &mut tally);
     }
 }
 

@@ -1401,3 +1401,57 @@ fn expressions_parse_from_str_with_column_diagnostics() {
     }
     assert!("tenant = \"a\"".parse::<Expr>().is_ok());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hit counts.
+
+#[test]
+fn recorded_hits_are_counted_per_rule_including_tenant_rules() {
+    let src = r#"
+[[rule]]
+name = "errors"
+if = 'span.status = "error"'
+sample_rate = 1
+
+[[rule]]
+name = "rest"
+sample_rate = 10
+
+[tenant."acme"]
+[[tenant."acme".rule]]
+name = "acme-all"
+sample_rate = 1
+"#;
+    let set = RuleSet::parse(src, "hits.toml").expect("valid");
+    for trace in [
+        ordinary(),
+        ordinary(),
+        TestTrace::new("acme", ordinary().spans),
+    ] {
+        let v = set.evaluate(&trace);
+        set.record_hit(&v);
+    }
+    let hits: Vec<(String, Option<String>, u64)> = set
+        .rules()
+        .map(|r| {
+            (
+                r.rule.name().to_string(),
+                r.tenant.map(str::to_string),
+                r.hits,
+            )
+        })
+        .collect();
+    assert_eq!(
+        hits,
+        vec![
+            ("errors".into(), None, 0),
+            ("rest".into(), None, 2),
+            ("acme-all".into(), Some("acme".into()), 1),
+        ]
+    );
+    assert_eq!(set.unmatched_hits(), 0);
+    let empty = RuleSet::parse("", "f").expect("valid");
+    let v = empty.evaluate(&ordinary());
+    empty.record_hit(&v);
+    assert_eq!(empty.unmatched_hits(), 1);
+}
