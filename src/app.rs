@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, AdminState};
 use crate::buffer::{self, KeptSink, Limits};
 use crate::config::Config;
+use crate::decide::Decider;
 use crate::export::{self, sink::Sink};
 use crate::model::{DropReason, TenantId};
 use crate::otlp::encode::AnnotationKeys;
@@ -20,6 +21,7 @@ use crate::otlp::ingest::IngestOptions;
 use crate::receive::{self, Receiver};
 use crate::reload::LiveRules;
 use crate::route::Router;
+use crate::sample::{SamplerBoard, ShardSamplers};
 use crate::stats::Stats;
 
 /// Attribute naming the deciding rule on every exported span.
@@ -81,7 +83,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut shard_senders = Vec::with_capacity(shard_count);
     let mut shards = Vec::with_capacity(shard_count);
-    for _ in 0..shard_count {
+    let samplers = SamplerBoard::new(shard_count);
+    for i in 0..shard_count {
         let (tx, rx) = mpsc::channel(256);
         shard_senders.push(tx);
         shards.push(tokio::spawn(buffer::run_shard(
@@ -89,6 +92,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             rx,
             stop_rx.clone(),
             rules.handle(),
+            Decider::new(ShardSamplers::new(shard_count, Some((samplers.clone(), i)))),
             intake.clone(),
             stats.clone(),
         )));
@@ -153,6 +157,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let app = admin::router(AdminState {
             stats: stats.clone(),
             rules: rules.clone(),
+            samplers,
             ready: ready.clone(),
             max_memory: config.buffer.max_memory.0 as i64,
         });

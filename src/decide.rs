@@ -1,26 +1,51 @@
-//! Deciding a whole trace: the live rule set picks an action, and 1-in-N choices are made
-//! with the consistent threshold scheme (`consistent`), so every node decides a trace alike.
+//! Deciding a whole trace: the live rule set picks an action, a dynamic sampler (`sample`)
+//! may choose the rate, and 1-in-N choices are made with the consistent threshold scheme
+//! (`consistent`), so every node decides a trace alike.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::consistent::{self, MAX};
 use crate::model::{CompleteTrace, Decision, SpanRecord, StatusCode};
 use crate::otlp::{find_attribute, AnyValue};
 use crate::rules::{Action, RuleSet, SpanKind, SpanStatus, SpanView, TraceView, Value};
+use crate::sample::{dither, ShardSamplers};
 
 /// Name recorded for traces no rule matched (they are kept: nothing is lost by omission).
 pub const NO_RULE: &str = "(no rule)";
 
 /// Turns rule verdicts into decisions; owned by one buffer shard (no shared state).
-#[derive(Default)]
 pub struct Decider {
     rule_names: HashMap<String, Arc<str>>,
+    samplers: ShardSamplers,
+}
+
+/// A decider for a single shard that publishes no sampler snapshots (tests, tools).
+impl Default for Decider {
+    fn default() -> Self {
+        Decider::new(ShardSamplers::new(1, None))
+    }
 }
 
 impl Decider {
-    /// Decides one trace with the given rule-set snapshot.
+    /// A decider with this shard's sampler instances.
+    pub fn new(samplers: ShardSamplers) -> Self {
+        Decider {
+            rule_names: HashMap::new(),
+            samplers,
+        }
+    }
+
+    /// Decides one trace with the given rule-set snapshot, now.
     pub fn decide(&mut self, trace: &CompleteTrace, rules: &RuleSet) -> Decision {
+        self.decide_at(trace, rules, Instant::now())
+    }
+
+    /// Decides one trace at `now` (the samplers' clock). A new rule set rebuilds the
+    /// samplers, keeping the learned state of those whose settings did not change.
+    pub fn decide_at(&mut self, trace: &CompleteTrace, rules: &RuleSet, now: Instant) -> Decision {
+        self.samplers.sync(rules);
         let view = TraceRef::new(trace);
         let verdict = rules.evaluate(&view);
         let rule = self.intern(verdict.rule.unwrap_or(NO_RULE));
@@ -34,8 +59,13 @@ impl Decider {
                 }
             }
             Action::Sample { rate } => *rate,
-            // Dynamic samplers plug in here; until one is configured the trace is kept.
-            Action::Sampler(..) => 1,
+            // The sampler picks a rate for what arrives; upstream head sampling composes
+            // with it below, so the exported SampleRate is the total rate. Its integer rate
+            // for this trace is dithered by the trace id (see `Rate::pick`).
+            Action::Sampler(name) => self
+                .samplers
+                .rate(name, &view, now)
+                .map_or(1, |r| r.pick(dither(&trace.trace_id.0))),
         };
         let ot = upstream_state(&trace.spans);
         let randomness = ot.randomness.unwrap_or_else(|| trace.trace_id.randomness());

@@ -33,4 +33,5 @@ pub mod receive;
 pub mod reload;
 pub mod route;
 pub mod rules;
+pub mod sample;
 pub mod stats;

@@ -5,13 +5,14 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use crate::reload::LiveRules;
+use crate::sample::SamplerBoard;
 use crate::stats::Stats;
 
 /// What the admin API reads.
@@ -21,6 +22,8 @@ pub struct AdminState {
     pub stats: Arc<Stats>,
     /// The live rules.
     pub rules: Arc<LiveRules>,
+    /// What each shard's samplers have learned.
+    pub samplers: Arc<SamplerBoard>,
     /// True while listeners are up and the proxy accepts data.
     pub ready: Arc<AtomicBool>,
     /// The buffer budget, for readiness.
@@ -35,6 +38,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/rules", get(rules))
         .route("/api/v1/rules/reload", post(reload))
+        .route("/api/v1/samplers/{name}", get(sampler))
         .with_state(state)
 }
 
@@ -92,4 +96,52 @@ async fn reload(State(s): State<AdminState>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// A sampler's learned per-key rates, merged across shards (404 for an unknown sampler).
+async fn sampler(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    let rules = s.rules.snapshot();
+    let Some(spec) = rules.sampler_specs().get(&name) else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": format!("no sampler `{name}` in the live rules")})),
+        )
+            .into_response();
+    };
+    let split = |k: &str| -> Vec<String> {
+        k.split(crate::rules::KEY_SEPARATOR)
+            .map(str::to_string)
+            .collect()
+    };
+    let merged = s.samplers.merged(&name);
+    let body = match merged {
+        // Declared, but no shard has finished an adjustment interval with it yet.
+        None => serde_json::json!({
+            "name": name,
+            "type": spec.type_name(),
+            "shards_reporting": 0,
+            "keys": [],
+        }),
+        Some(m) => serde_json::json!({
+            "name": name,
+            "type": m.type_name,
+            "key_fields": m.key_fields,
+            "shards_reporting": m.shards,
+            "key_count": m.key_count,
+            "overflow_traces": m.overflow_traces,
+            "keys": m.keys.iter().map(|k| serde_json::json!({
+                "key": split(&k.key),
+                "traces_per_sec": k.traces_per_sec,
+                "sample_rate": k.rate,
+                "traces": k.traces,
+            })).collect::<Vec<_>>(),
+            "tenants": m.tenants.iter().map(|t| serde_json::json!({
+                "tenant": t.tenant,
+                "weight": t.weight,
+                "traces_per_sec": t.traces_per_sec,
+                "share_per_sec": t.share_per_sec,
+            })).collect::<Vec<_>>(),
+        }),
+    };
+    Json(body).into_response()
 }

@@ -34,10 +34,10 @@ pub async fn run_shard(
     mut intake: mpsc::Receiver<ShardBatch>,
     mut stop: watch::Receiver<bool>,
     rules: Arc<ArcSwap<RuleSet>>,
+    mut decider: Decider,
     sink: Arc<dyn KeptSink>,
     stats: Arc<Stats>,
 ) {
-    let mut decider = Decider::default();
     let mut ready = Vec::new();
     let mut last = Occupancy::default();
     let mut stopping = false;
@@ -100,10 +100,11 @@ fn settle(
         return;
     }
     let rules = rules.load();
+    let now = Instant::now().into_std();
     for item in ready.drain(..) {
         match item {
             Ready::Trace(trace) => {
-                let decision = decider.decide(&trace, &rules);
+                let decision = decider.decide_at(&trace, &rules, now);
                 stats.traces_decided.fetch_add(1, Relaxed);
                 stats.decided_by(trace.cause, 1);
                 table.remember(trace.trace_id, decision.clone());

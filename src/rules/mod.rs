@@ -19,6 +19,7 @@ mod eval;
 mod file;
 mod lexer;
 mod parser;
+mod sampler;
 #[cfg(test)]
 mod tests;
 
@@ -28,6 +29,7 @@ use std::path::{Path, PathBuf};
 
 pub use ast::{CmpOp, Expr, Field, Literal, Pattern, Scope, SpanField, TextOp};
 pub use parser::{parse_expr, ExprError};
+pub use sampler::{EmaSpec, KeyFields, SamplerSpec, DEFAULT_KEY, KEY_SEPARATOR};
 
 /// An attribute value as the proxy found it in OTLP `AnyValue` (other kinds: `None`).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -364,6 +366,7 @@ pub struct RuleSet {
     global: Vec<Rule>,
     tenants: BTreeMap<String, Vec<Rule>>,
     samplers: BTreeMap<String, toml::Table>,
+    specs: BTreeMap<String, SamplerSpec>,
     warnings: Vec<Diagnostic>,
     source_hash: u64,
 }
@@ -379,6 +382,7 @@ impl RuleSet {
             global: parsed.global,
             tenants: parsed.tenants,
             samplers: parsed.samplers,
+            specs: parsed.specs,
             warnings: parsed.warnings,
             source_hash: fnv1a(src.as_bytes()),
         })
@@ -412,6 +416,7 @@ impl RuleSet {
                     global: Vec::new(),
                     tenants: BTreeMap::new(),
                     samplers: BTreeMap::new(),
+                    specs: BTreeMap::new(),
                     warnings: Vec::new(),
                     source_hash: fnv1a(DEFAULT_RULES.as_bytes()),
                 }
@@ -483,9 +488,14 @@ impl RuleSet {
             }))
     }
 
-    /// The raw `[sampler.<name>]` tables (each has a string `type`); typed in a later issue.
+    /// The raw `[sampler.<name>]` tables (each has a string `type`).
     pub fn samplers(&self) -> &BTreeMap<String, toml::Table> {
         &self.samplers
+    }
+
+    /// The validated sampler declarations, by name.
+    pub fn sampler_specs(&self) -> &BTreeMap<String, SamplerSpec> {
+        &self.specs
     }
 
     /// Non-fatal findings, such as rules that can never match.

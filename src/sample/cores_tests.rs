@@ -94,7 +94,10 @@ fn pick_keeps_one_in_a_fractional_rate_on_average() {
             .map(|_| 1.0 / Rate::new(target).pick(rng.next()) as f64)
             .sum();
         let err = (inv / n as f64) * target - 1.0;
-        assert!(err.abs() < 0.01, "target {target}: mean 1/rate off by {err}");
+        assert!(
+            err.abs() < 0.01,
+            "target {target}: mean 1/rate off by {err}"
+        );
     }
     assert_eq!(Rate::new(0.2), Rate::ONE);
     assert_eq!(Rate::new(f64::NAN), Rate::ONE);
@@ -139,7 +142,11 @@ fn ema_dynamic_keeps_one_in_goal_and_every_steady_key_each_interval() {
     }
     let fraction = kept as f64 / TRACES as f64;
     let err = fraction * GOAL - 1.0;
-    println!("ema_dynamic: kept {kept} of {TRACES} = 1 in {:.2} (error {:+.2}%)", 1.0 / fraction, err * 100.0);
+    println!(
+        "ema_dynamic: kept {kept} of {TRACES} = 1 in {:.2} (error {:+.2}%)",
+        1.0 / fraction,
+        err * 100.0
+    );
     assert!(err.abs() <= 0.10, "kept fraction {fraction} vs 1/{GOAL}");
 
     // Keys with at least one trace in every full interval after the first (warm-up).
@@ -162,7 +169,10 @@ fn ema_dynamic_keeps_one_in_goal_and_every_steady_key_each_interval() {
         // per interval on average at its learned volume).
         let mean_seen = (1..full).map(|j| seen[k][j] as f64).sum::<f64>() / (full - 1) as f64;
         let r = s.current_rate(&keys[k]).map_or(1.0, Rate::get);
-        assert!(r <= mean_seen.max(1.0) * 1.5, "key {k}: rate {r} for {mean_seen} per interval");
+        assert!(
+            r <= mean_seen.max(1.0) * 1.5,
+            "key {k}: rate {r} for {mean_seen} per interval"
+        );
     }
     println!(
         "ema_dynamic: {steady} steady keys; lowest mean expected kept per interval {lowest_mean_expected:.2}; \
@@ -235,7 +245,10 @@ fn sample_rates_of_kept_traces_add_up_to_the_true_count() {
         );
         assert!(errors.len() >= 10);
         for (k, n, e) in errors {
-            assert!(e.abs() <= 0.03, "upstream 1/{upstream}, key {k} ({n} traces): {e}");
+            assert!(
+                e.abs() <= 0.03,
+                "upstream 1/{upstream}, key {k} ({n} traces): {e}"
+            );
         }
     }
 }
@@ -278,7 +291,13 @@ fn max_min_shares_fill_small_demands_then_split_by_weight() {
     // Budget 100 with floor 2: the small tenant keeps its 0.3, acme (weight 4) and the two
     // others their 20, the flood what is left.
     let shares = max_min_shares(
-        &[(2000.0, 1.0), (20.0, 4.0), (20.0, 1.0), (20.0, 1.0), (0.3, 1.0)],
+        &[
+            (2000.0, 1.0),
+            (20.0, 4.0),
+            (20.0, 1.0),
+            (20.0, 1.0),
+            (0.3, 1.0),
+        ],
         100.0,
         2.0,
     );
@@ -287,10 +306,16 @@ fn max_min_shares_fill_small_demands_then_split_by_weight() {
     assert!((shares[1] - 20.0).abs() < 1e-9 && (shares[4] - 0.3).abs() < 1e-9);
     assert!((shares[2] - 20.0).abs() < 1e-6 && (shares[0] - 39.7).abs() < 1e-6);
     // Demand under budget: everyone keeps everything.
-    assert_eq!(max_min_shares(&[(3.0, 1.0), (4.0, 9.0)], 10.0, 1.0), vec![3.0, 4.0]);
+    assert_eq!(
+        max_min_shares(&[(3.0, 1.0), (4.0, 9.0)], 10.0, 1.0),
+        vec![3.0, 4.0]
+    );
     // Floors win over weights: a weight-0.01 tenant still gets its floor.
     let s = max_min_shares(&[(1000.0, 100.0), (50.0, 0.01)], 100.0, 5.0);
-    assert!((s[1] - 5.0).abs() < 1e-6 && (s[0] - 95.0).abs() < 1e-6, "{s:?}");
+    assert!(
+        (s[1] - 5.0).abs() < 1e-6 && (s[0] - 95.0).abs() < 1e-6,
+        "{s:?}"
+    );
 }
 
 #[test]
@@ -375,8 +400,14 @@ fn tenant_fair_protects_small_tenants_from_a_flood() {
     assert!((all / BUDGET - 1.0).abs() <= 0.10, "{all} kept/s");
     for ((t, r), share) in tenants.iter().zip(&expected).skip(1) {
         let got = rate_of(t);
-        assert!(got >= 0.9 * MIN.min(*r), "{t} keeps {got}/s, under the floor");
-        assert!(got >= 0.9 * share, "{t} keeps {got}/s, under its share {share}");
+        assert!(
+            got >= 0.9 * MIN.min(*r),
+            "{t} keeps {got}/s, under the floor"
+        );
+        assert!(
+            got >= 0.9 * share,
+            "{t} keeps {got}/s, under its share {share}"
+        );
     }
     // The flood keeps no more than its fair share either.
     assert!(rate_of("flood") <= 1.1 * expected[0]);
@@ -432,14 +463,20 @@ fn keys_beyond_max_keys_share_one_counted_bucket() {
     let snap = s.snapshot();
     assert_eq!(snap.key_count, 10);
     assert_eq!(snap.overflow_traces, 4_000);
-    assert!(snap.keys.iter().any(|k| k.key == OVERFLOW_KEY && k.rate > 1.0));
+    assert!(snap
+        .keys
+        .iter()
+        .any(|k| k.key == OVERFLOW_KEY && k.rate > 1.0));
 }
 
 #[test]
 fn idle_keys_age_out_and_rare_keys_keep_everything() {
     let mut s = EmaSampler::new(Goal::SampleRate(10.0), ema(1, 100));
     let t0 = Instant::now();
-    let key = |f| Key { tenant: "t", fields: f };
+    let key = |f| Key {
+        tenant: "t",
+        fields: f,
+    };
     for i in 0..10_000u64 {
         s.rate(&key("busy"), t0 + Duration::from_micros(i * 500));
         if i % 2_000 == 0 {

@@ -190,6 +190,8 @@ pub struct EmaSampler {
     started: Option<Instant>,
     /// Whether rates were ever computed (before that, the cold-start rate applies).
     warm: bool,
+    /// Adjustments made, so a driver can tell when to publish a snapshot.
+    adjustments: u64,
 }
 
 impl EmaSampler {
@@ -212,7 +214,13 @@ impl EmaSampler {
             overflow_traces: 0,
             started: None,
             warm: false,
+            adjustments: 0,
         }
+    }
+
+    /// Adjustments made so far.
+    pub fn adjustments(&self) -> u64 {
+        self.adjustments
     }
 
     /// The goal.
@@ -246,7 +254,9 @@ impl EmaSampler {
         }
         let cold = self.cold_rate();
         let state = if self.keys.len() < self.settings.max_keys {
-            self.keys.entry(fields.into()).or_insert(KeyState::new(cold))
+            self.keys
+                .entry(fields.into())
+                .or_insert(KeyState::new(cold))
         } else {
             self.overflow_traces += 1;
             &mut self.overflow
@@ -290,6 +300,7 @@ impl EmaSampler {
         fold(&mut self.overflow);
         self.started = Some(now);
         self.warm = true;
+        self.adjustments += 1;
         self.reallocate();
     }
 
@@ -462,6 +473,7 @@ pub struct TenantFair {
     overflow_traces: u64,
     started: Option<Instant>,
     warm: bool,
+    adjustments: u64,
 }
 
 impl TenantFair {
@@ -475,7 +487,13 @@ impl TenantFair {
             overflow_traces: 0,
             started: None,
             warm: false,
+            adjustments: 0,
         }
+    }
+
+    /// Adjustments made so far.
+    pub fn adjustments(&self) -> u64 {
+        self.adjustments
     }
 
     fn tenant(settings: &FairSettings, tenant: &str) -> TenantState {
@@ -559,6 +577,7 @@ impl TenantFair {
         }
         self.started = Some(now);
         self.warm = true;
+        self.adjustments += 1;
     }
 
     /// Each tenant's demand, weight and share.
@@ -671,5 +690,5 @@ pub fn max_min_shares(tenants: &[(f64, f64)], budget: f64, floor: f64) -> Vec<f6
 }
 
 #[cfg(test)]
-#[path = "core_tests.rs"]
+#[path = "cores_tests.rs"]
 mod tests;
