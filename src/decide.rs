@@ -206,3 +206,85 @@ impl SpanView for SpanRecord {
         found.and_then(value)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::model::{DecideCause, Origin, Span32, SpanIndex, TenantId, TraceId};
+
+    /// A one-span trace whose tracestate says an upstream head sampler kept 1 in 4 (`th:c`).
+    fn head_sampled(trace_id: TraceId) -> CompleteTrace {
+        let mut bytes = b"ot=th:c".to_vec();
+        bytes.resize(64, 0);
+        let index = SpanIndex {
+            trace_id,
+            span_id: [1; 8],
+            trace_state: Span32 { start: 0, len: 7 },
+            ..Default::default()
+        };
+        CompleteTrace {
+            trace_id,
+            tenant: TenantId::new("acme"),
+            spans: vec![SpanRecord {
+                bytes: bytes::Bytes::from(bytes),
+                origin: Arc::new(Origin {
+                    tenant: TenantId::new("acme"),
+                    resource: Default::default(),
+                    resource_schema_url: Default::default(),
+                    scope: Default::default(),
+                    scope_schema_url: Default::default(),
+                    content_hash: 0,
+                }),
+                index,
+            }],
+            cause: DecideCause::Timeout,
+        }
+    }
+
+    #[test]
+    fn sampler_rates_compose_with_upstream_head_sampling() {
+        let rules = RuleSet::parse(
+            "[[rule]]\nname = \"all\"\nsampler = \"dyn\"\n\n[sampler.dyn]\ntype = \"ema_dynamic\"\ngoal_sample_rate = 10\nkey = [\"tenant\"]\nadjustment_interval = \"1s\"\n",
+            "r.toml",
+        )
+        .expect("valid");
+        let mut decider = Decider::default();
+        let upstream = consistent::threshold_for_rate(4);
+        let t0 = Instant::now();
+        let mut state = 42u64;
+        let (mut kept, mut weight) = (0u64, 0u64);
+        let arrivals = 40_000u64;
+        for i in 0..arrivals {
+            // Arrivals passed the upstream test: R ≥ Tu.
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let r = upstream + (state >> 8) % (MAX - upstream);
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&state.rotate_left(17).to_be_bytes());
+            id[8..].copy_from_slice(&r.to_be_bytes());
+            let d = decider.decide_at(
+                &head_sampled(TraceId(id)),
+                &rules,
+                t0 + Duration::from_millis(i / 4),
+            );
+            if i >= 4_000 {
+                // After the first interval the sampler keeps 1 in 10 of what arrives, and the
+                // exported rate counts the upstream 1 in 4 as well.
+                assert!((36..=44).contains(&d.sample_rate), "{}", d.sample_rate);
+                if d.keep {
+                    kept += 1;
+                    weight += d.sample_rate;
+                }
+            }
+        }
+        let n = arrivals - 4_000;
+        let fraction = kept as f64 / n as f64;
+        assert!((fraction * 10.0 - 1.0).abs() < 0.1, "kept {fraction}");
+        // Σ SampleRate estimates the traces before head sampling: 4 per arrival.
+        let err = weight as f64 / (4 * n) as f64 - 1.0;
+        assert!(err.abs() < 0.05, "re-weighting error {err}");
+    }
+}

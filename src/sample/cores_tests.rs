@@ -161,10 +161,8 @@ fn ema_dynamic_keeps_one_in_goal_and_every_steady_key_each_interval() {
         steady += 1;
         let mean = (1..full).map(|j| expected[k][j]).sum::<f64>() / (full - 1) as f64;
         lowest_mean_expected = lowest_mean_expected.min(mean);
-        for j in 1..full {
-            pairs += 1;
-            pairs_with_kept += usize::from(kept_in[k][j] > 0);
-        }
+        pairs += full - 1;
+        pairs_with_kept += kept_in[k][1..full].iter().filter(|&&n| n > 0).count();
         // A key never gets a rate above its learned traces per interval (so it keeps ≥ 1
         // per interval on average at its learned volume).
         let mean_seen = (1..full).map(|j| seen[k][j] as f64).sum::<f64>() / (full - 1) as f64;

@@ -36,7 +36,7 @@ struct Resolved {
 
 enum Core {
     Ema(EmaSampler),
-    Fair(TenantFair),
+    Fair(Box<TenantFair>),
 }
 
 impl Core {
@@ -116,13 +116,13 @@ impl Instance {
                 let within = resolved.within.as_ref().map(|w| w.ema());
                 (
                     within.map(|w| w.key.clone()),
-                    Core::Fair(TenantFair::new(FairSettings {
+                    Core::Fair(Box::new(TenantFair::new(FairSettings {
                         budget_per_sec: goal_traces_per_sec / shards,
                         min_per_tenant: min_per_tenant / shards,
                         weights: weights.iter().map(|(k, v)| (k.clone(), *v)).collect(),
                         ema: settings(ema),
                         within: within.map(settings),
-                    })),
+                    }))),
                 )
             }
         };
