@@ -5,7 +5,7 @@
 //!  OTLP HTTP :4318 ─┴─> receive ─> route ─> buffer ─> decide ─> export ─> OTLP gRPC / HTTP / file
 //!                        (tenant)   (shard    (per-trace  (rules,   (batch, annotate,
 //!                                    by id)    timers)     th/rv)    retry, count)
-//!  admin HTTP :8080: /healthz /readyz /metrics /api/v1/rules
+//!  admin HTTP :8080: /healthz /readyz /metrics /api/v1/rules /api/v1/samplers/{name}
 //! ```
 //!
 //! Where each part lives:
@@ -15,6 +15,7 @@
 //! - [`buffer`]: per-shard trace tables, timers, memory budget, decision cache.
 //! - [`decide`] + [`consistent`]: rule verdicts turned into consistent keep/drop decisions.
 //! - [`rules`]: the rules language (a leaf: parses, validates, evaluates).
+//! - [`sample`]: dynamic samplers (EMA per key, throughput, tenant-fair), one set per shard.
 //! - [`export`]: batching, annotation, sinks, retries.
 //! - [`stats`], [`admin`], [`reload`], [`config`]: counting, the admin API, live rules, config.
 //! - [`app`]: the composition root; [`model`]: the types that cross stages.
