@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, AdminState};
 use crate::buffer::{self, KeptSink, Limits};
 use crate::config::Config;
+use crate::decide::Decider;
 use crate::export::{self, sink::Sink};
 use crate::model::{DropReason, TenantId};
 use crate::otlp::encode::AnnotationKeys;
@@ -20,6 +21,7 @@ use crate::otlp::ingest::IngestOptions;
 use crate::receive::{self, Receiver};
 use crate::reload::{self, LiveRules, RulesWatcher, Trigger};
 use crate::route::Router;
+use crate::sample::{SamplerBoard, ShardSamplers};
 use crate::shadow::ShadowStats;
 use crate::stats::Stats;
 use crate::tags::TagTable;
@@ -119,7 +121,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut shard_senders = Vec::with_capacity(shard_count);
     let mut shards = Vec::with_capacity(shard_count);
-    for _ in 0..shard_count {
+    let samplers = SamplerBoard::new(shard_count);
+    for i in 0..shard_count {
         let (tx, rx) = mpsc::channel(256);
         shard_senders.push(tx);
         shards.push(tokio::spawn(buffer::run_shard(
@@ -127,6 +130,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             rx,
             stop_rx.clone(),
             inputs.clone(),
+            Decider::new(ShardSamplers::new(shard_count, Some((samplers.clone(), i)))),
             intake.clone(),
             stats.clone(),
         )));
@@ -193,6 +197,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             rules: rules.clone(),
             tags: tags.clone(),
             shadow: shadow_stats.clone(),
+            samplers,
             ready: ready.clone(),
             max_memory: config.buffer.max_memory.0 as i64,
         });

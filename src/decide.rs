@@ -1,22 +1,32 @@
-//! Deciding a whole trace: the live rule set picks an action, and 1-in-N choices are made
-//! with the consistent threshold scheme (`consistent`), so every node decides a trace alike.
+//! Deciding a whole trace: the live rule set picks an action, a dynamic sampler (`sample`)
+//! may choose the rate, and 1-in-N choices are made with the consistent threshold scheme
+//! (`consistent`), so every node decides a trace alike.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::consistent::{self, MAX};
 use crate::model::{CompleteTrace, Decision, SpanRecord, StatusCode};
 use crate::otlp::{find_attribute, AnyValue};
 use crate::rules::{Action, RuleSet, SpanKind, SpanStatus, SpanView, TraceView, Value};
+use crate::sample::{dither, ShardSamplers};
 use crate::tags::{TagMap, TAG_RULE};
 
 /// Name recorded for traces no rule matched (they are kept: nothing is lost by omission).
 pub const NO_RULE: &str = "(no rule)";
 
 /// Turns rule verdicts into decisions; owned by one buffer shard (no shared state).
-#[derive(Default)]
 pub struct Decider {
     rule_names: HashMap<String, Arc<str>>,
+    samplers: ShardSamplers,
+}
+
+/// A decider for a single shard that publishes no sampler snapshots (tests, tools).
+impl Default for Decider {
+    fn default() -> Self {
+        Decider::new(ShardSamplers::new(1, None))
+    }
 }
 
 impl Decider {
@@ -37,7 +47,29 @@ impl Decider {
     }
 
     /// Decides one trace with the given rule-set snapshot, counting the hit on its rule.
+    /// A decider with its own, unpublished samplers, for shadow rules: the live samplers must
+    /// not learn from (or be rebuilt for) a candidate rule set.
+    pub fn detached(&self) -> Decider {
+        Decider::new(self.samplers.detached())
+    }
+
+    /// A decider with this shard's sampler instances.
+    pub fn new(samplers: ShardSamplers) -> Self {
+        Decider {
+            rule_names: HashMap::new(),
+            samplers,
+        }
+    }
+
+    /// Decides one trace with the given rule-set snapshot, now.
     pub fn decide(&mut self, trace: &CompleteTrace, rules: &RuleSet) -> Decision {
+        self.decide_at(trace, rules, Instant::now())
+    }
+
+    /// Decides one trace at `now` (the samplers' clock). A new rule set rebuilds the
+    /// samplers, keeping the learned state of those whose settings did not change.
+    pub fn decide_at(&mut self, trace: &CompleteTrace, rules: &RuleSet, now: Instant) -> Decision {
+        self.samplers.sync(rules);
         let view = TraceRef::new(trace);
         let verdict = rules.evaluate(&view);
         rules.record_hit(&verdict);
@@ -52,8 +84,13 @@ impl Decider {
                 }
             }
             Action::Sample { rate } => *rate,
-            // Dynamic samplers plug in here; until one is configured the trace is kept.
-            Action::Sampler(..) => 1,
+            // The sampler picks a rate for what arrives; upstream head sampling composes
+            // with it below, so the exported SampleRate is the total rate. Its integer rate
+            // for this trace is dithered by the trace id (see `Rate::pick`).
+            Action::Sampler(name) => self
+                .samplers
+                .rate(name, &view, now)
+                .map_or(1, |r| r.pick(dither(&trace.trace_id.0))),
         };
         sampled(trace, rate, rule)
     }
@@ -265,5 +302,81 @@ mod tests {
                 ("rest", 1)
             ]
         );
+    }
+
+    use crate::model::{DecideCause, Origin, Span32, SpanIndex, TraceId};
+
+    /// A one-span trace whose tracestate says an upstream head sampler kept 1 in 4 (`th:c`).
+    fn head_sampled(trace_id: TraceId) -> CompleteTrace {
+        let mut bytes = b"ot=th:c".to_vec();
+        bytes.resize(64, 0);
+        let index = SpanIndex {
+            trace_id,
+            span_id: [1; 8],
+            trace_state: Span32 { start: 0, len: 7 },
+            ..Default::default()
+        };
+        CompleteTrace {
+            trace_id,
+            tenant: TenantId::new("acme"),
+            spans: vec![SpanRecord {
+                bytes: bytes::Bytes::from(bytes),
+                origin: Arc::new(Origin {
+                    tenant: TenantId::new("acme"),
+                    resource: Default::default(),
+                    resource_schema_url: Default::default(),
+                    scope: Default::default(),
+                    scope_schema_url: Default::default(),
+                    content_hash: 0,
+                }),
+                index,
+            }],
+            cause: DecideCause::Timeout,
+        }
+    }
+
+    #[test]
+    fn sampler_rates_compose_with_upstream_head_sampling() {
+        let rules = RuleSet::parse(
+            "[[rule]]\nname = \"all\"\nsampler = \"dyn\"\n\n[sampler.dyn]\ntype = \"ema_dynamic\"\ngoal_sample_rate = 10\nkey = [\"tenant\"]\nadjustment_interval = \"1s\"\n",
+            "r.toml",
+        )
+        .expect("valid");
+        let mut decider = Decider::default();
+        let upstream = consistent::threshold_for_rate(4);
+        let t0 = Instant::now();
+        let mut state = 42u64;
+        let (mut kept, mut weight) = (0u64, 0u64);
+        let arrivals = 40_000u64;
+        for i in 0..arrivals {
+            // Arrivals passed the upstream test: R ≥ Tu.
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let r = upstream + (state >> 8) % (MAX - upstream);
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&state.rotate_left(17).to_be_bytes());
+            id[8..].copy_from_slice(&r.to_be_bytes());
+            let d = decider.decide_at(
+                &head_sampled(TraceId(id)),
+                &rules,
+                t0 + Duration::from_millis(i / 4),
+            );
+            if i >= 4_000 {
+                // After the first interval the sampler keeps 1 in 10 of what arrives, and the
+                // exported rate counts the upstream 1 in 4 as well.
+                assert!((36..=44).contains(&d.sample_rate), "{}", d.sample_rate);
+                if d.keep {
+                    kept += 1;
+                    weight += d.sample_rate;
+                }
+            }
+        }
+        let n = arrivals - 4_000;
+        let fraction = kept as f64 / n as f64;
+        assert!((fraction * 10.0 - 1.0).abs() < 0.1, "kept {fraction}");
+        // Σ SampleRate estimates the traces before head sampling: 4 per arrival.
+        let err = weight as f64 / (4 * n) as f64 - 1.0;
+        assert!(err.abs() < 0.05, "re-weighting error {err}");
     }
 }

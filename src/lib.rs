@@ -6,6 +6,7 @@
 //!                        (tenant)   (shard    (per-trace  (rules,   (batch, annotate,
 //!                                    by id)    timers)     th/rv)    retry, count)
 //!  admin HTTP :8080: /healthz /readyz /metrics /api/v1/rules[/reload|/shadow] /api/v1/tenant-tags
+//!                    /api/v1/samplers/{name}
 //! ```
 //!
 //! Where each part lives:
@@ -15,6 +16,7 @@
 //! - [`buffer`]: per-shard trace tables, timers, memory budget, decision cache.
 //! - [`decide`] + [`consistent`]: rule verdicts turned into consistent keep/drop decisions.
 //! - [`rules`]: the rules language (a leaf: parses, validates, evaluates).
+//! - [`sample`]: dynamic samplers (EMA per key, throughput, tenant-fair), one set per shard.
 //! - [`export`]: batching, annotation, sinks, retries.
 //! - [`stats`], [`admin`], [`reload`], [`config`]: counting, the admin API, live rules (and their
 //!   file watch), config.
@@ -38,6 +40,7 @@ pub mod receive;
 pub mod reload;
 pub mod route;
 pub mod rules;
+pub mod sample;
 pub mod shadow;
 pub mod stats;
 pub mod tags;

@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use crate::reload::{LiveRules, ReloadFailure, Trigger};
+use crate::sample::SamplerBoard;
 use crate::shadow::ShadowStats;
 use crate::stats::Stats;
 use crate::tags::{unix_ms, TagTable, TagsError, TenantTag};
@@ -31,6 +32,8 @@ pub struct AdminState {
     pub tags: Arc<TagTable>,
     /// Shadow rules outcomes.
     pub shadow: Arc<ShadowStats>,
+    /// What each shard's samplers have learned.
+    pub samplers: Arc<SamplerBoard>,
     /// True while listeners are up and the proxy accepts data.
     pub ready: Arc<AtomicBool>,
     /// The buffer budget, for readiness.
@@ -48,6 +51,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/rules/shadow", get(shadow))
         .route("/api/v1/tenants/{id}/tag", put(tag).delete(untag))
         .route("/api/v1/tenant-tags", get(list_tags))
+        .route("/api/v1/samplers/{name}", get(sampler))
         .with_state(state)
 }
 
@@ -297,4 +301,52 @@ async fn list_tags(State(s): State<AdminState>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "tags": snapshot.active(now_ms).map(|(t, tag)| tag_json(t, tag, now_ms)).collect::<Vec<_>>(),
     }))
+}
+
+/// A sampler's learned per-key rates, merged across shards (404 for an unknown sampler).
+async fn sampler(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    let rules = s.rules.snapshot();
+    let Some(spec) = rules.sampler_specs().get(&name) else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": format!("no sampler `{name}` in the live rules")})),
+        )
+            .into_response();
+    };
+    let split = |k: &str| -> Vec<String> {
+        k.split(crate::rules::KEY_SEPARATOR)
+            .map(str::to_string)
+            .collect()
+    };
+    let merged = s.samplers.merged(&name);
+    let body = match merged {
+        // Declared, but no shard has finished an adjustment interval with it yet.
+        None => serde_json::json!({
+            "name": name,
+            "type": spec.type_name(),
+            "shards_reporting": 0,
+            "keys": [],
+        }),
+        Some(m) => serde_json::json!({
+            "name": name,
+            "type": m.type_name,
+            "key_fields": m.key_fields,
+            "shards_reporting": m.shards,
+            "key_count": m.key_count,
+            "overflow_traces": m.overflow_traces,
+            "keys": m.keys.iter().map(|k| serde_json::json!({
+                "key": split(&k.key),
+                "traces_per_sec": k.traces_per_sec,
+                "sample_rate": k.rate,
+                "traces": k.traces,
+            })).collect::<Vec<_>>(),
+            "tenants": m.tenants.iter().map(|t| serde_json::json!({
+                "tenant": t.tenant,
+                "weight": t.weight,
+                "traces_per_sec": t.traces_per_sec,
+                "share_per_sec": t.share_per_sec,
+            })).collect::<Vec<_>>(),
+        }),
+    };
+    Json(body).into_response()
 }

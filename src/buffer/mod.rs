@@ -62,10 +62,11 @@ pub async fn run_shard(
     mut intake: mpsc::Receiver<ShardBatch>,
     mut stop: watch::Receiver<bool>,
     inputs: DecideInputs,
+    mut decider: Decider,
     sink: Arc<dyn KeptSink>,
     stats: Arc<Stats>,
 ) {
-    let mut decider = Decider::default();
+    let mut shadow_decider = decider.detached();
     let mut ready = Vec::new();
     let mut last = Occupancy::default();
     let mut stopping = false;
@@ -90,6 +91,7 @@ pub async fn run_shard(
             &mut table,
             &mut ready,
             &mut decider,
+            &mut shadow_decider,
             &inputs,
             &*sink,
             &stats,
@@ -101,6 +103,7 @@ pub async fn run_shard(
         &mut table,
         &mut ready,
         &mut decider,
+        &mut shadow_decider,
         &inputs,
         &*sink,
         &stats,
@@ -135,6 +138,7 @@ fn settle(
     table: &mut Table,
     ready: &mut Vec<Ready>,
     decider: &mut Decider,
+    shadow_decider: &mut Decider,
     inputs: &DecideInputs,
     sink: &dyn KeptSink,
     stats: &Stats,
@@ -152,7 +156,7 @@ fn settle(
             Ready::Trace(trace) => {
                 let decision = decider.decide_tagged(&trace, &rules, &tags, now_ms);
                 if let Some(shadow) = &*shadow {
-                    let would = decider.decide_tagged(&trace, shadow, &tags, now_ms);
+                    let would = shadow_decider.decide_tagged(&trace, shadow, &tags, now_ms);
                     tally.add(&trace.tenant, decision.keep, would.keep);
                 }
                 stats.traces_decided.fetch_add(1, Relaxed);

@@ -19,6 +19,7 @@ mod eval;
 mod file;
 mod lexer;
 mod parser;
+mod sampler;
 #[cfg(test)]
 mod tests;
 
@@ -29,6 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 pub use ast::{CmpOp, Expr, Field, Literal, Pattern, Scope, SpanField, TextOp};
 pub use parser::{parse_expr, ExprError};
+pub use sampler::{EmaSpec, KeyFields, SamplerSpec, DEFAULT_KEY, KEY_SEPARATOR};
 
 /// An attribute value as the proxy found it in OTLP `AnyValue` (other kinds: `None`).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -369,6 +371,7 @@ pub struct RuleSet {
     global: Vec<Rule>,
     tenants: BTreeMap<String, TenantRules>,
     samplers: BTreeMap<String, toml::Table>,
+    specs: BTreeMap<String, SamplerSpec>,
     warnings: Vec<Diagnostic>,
     source_hash: u64,
     hits: Hits,
@@ -418,6 +421,7 @@ impl RuleSet {
             parsed.global,
             parsed.tenants,
             parsed.samplers,
+            parsed.specs,
             parsed.warnings,
             fnv1a(src.as_bytes()),
         ))
@@ -428,6 +432,7 @@ impl RuleSet {
         global: Vec<Rule>,
         tenants: BTreeMap<String, Vec<Rule>>,
         samplers: BTreeMap<String, toml::Table>,
+        specs: BTreeMap<String, SamplerSpec>,
         warnings: Vec<Diagnostic>,
         source_hash: u64,
     ) -> RuleSet {
@@ -444,6 +449,7 @@ impl RuleSet {
             global,
             tenants,
             samplers,
+            specs,
             warnings,
             source_hash,
             hits: Hits::new(next),
@@ -476,6 +482,7 @@ impl RuleSet {
                 tracing::error!(error = %e, "built-in rules are invalid; keeping every trace");
                 Self::assemble(
                     Vec::new(),
+                    BTreeMap::new(),
                     BTreeMap::new(),
                     BTreeMap::new(),
                     Vec::new(),
@@ -580,9 +587,14 @@ impl RuleSet {
             }))
     }
 
-    /// The raw `[sampler.<name>]` tables (each has a string `type`); typed in a later issue.
+    /// The raw `[sampler.<name>]` tables (each has a string `type`).
     pub fn samplers(&self) -> &BTreeMap<String, toml::Table> {
         &self.samplers
+    }
+
+    /// The validated sampler declarations, by name.
+    pub fn sampler_specs(&self) -> &BTreeMap<String, SamplerSpec> {
+        &self.specs
     }
 
     /// Non-fatal findings, such as rules that can never match.
