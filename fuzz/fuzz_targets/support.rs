@@ -70,8 +70,9 @@ pub fn exercise_rules(rules: &tailsift::rules::RuleSet) {
     resource_spans.extend_from_slice(&scope_spans);
     request[1] = resource_spans.len() as u8;
     request.extend_from_slice(&resource_spans);
-    let ingested = tailsift::otlp::ingest::ingest_request(&bytes::Bytes::from(request), None, &options)
-        .expect("fixed request parses");
+    let ingested =
+        tailsift::otlp::ingest::ingest_request(&bytes::Bytes::from(request), None, &options)
+            .expect("fixed request parses");
     let trace = CompleteTrace {
         trace_id: ingested.spans[0].index.trace_id,
         tenant: TenantId::new("acme"),
