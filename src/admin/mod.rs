@@ -11,6 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+pub mod tenants;
+
 use crate::reload::LiveRules;
 use crate::stats::Stats;
 
