@@ -128,18 +128,25 @@ fn pct(v: &Value) -> String {
         .map_or_else(|| "-".to_string(), |r| format!("{:.1}%", r * 100.0))
 }
 
-/// Lays out rows with columns padded to their widest cell (the first column left-aligned).
+/// Lays out rows (the first is the header) with columns padded to their widest cell: columns
+/// of numbers right-aligned, the rest left-aligned.
 fn layout(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
+    let width = |c: usize| {
+        rows.iter()
+            .filter_map(|r| r.get(c))
+            .map(|s| s.chars().count())
+            .max()
+            .unwrap_or(0)
+    };
+    let numeric = |c: usize| {
+        c > 0
+            && rows.iter().skip(1).filter_map(|r| r.get(c)).all(|cell| {
+                cell.chars()
+                    .all(|ch| ch.is_ascii_digit() || ".%-".contains(ch))
+            })
+    };
+    let columns: Vec<(usize, bool)> = (0..cols).map(|c| (width(c), numeric(c))).collect();
     let mut out = String::new();
     for row in rows {
         let mut line = String::new();
@@ -147,13 +154,14 @@ fn layout(rows: &[Vec<String>]) -> String {
             if c > 0 {
                 line.push_str("  ");
             }
-            let pad = widths[c] - cell.chars().count();
-            if c == 0 || c + 1 == row.len() {
+            let (w, right) = columns[c];
+            let pad = " ".repeat(w - cell.chars().count());
+            if right {
+                line.push_str(&pad);
                 line.push_str(cell);
-                line.push_str(&" ".repeat(pad));
             } else {
-                line.push_str(&" ".repeat(pad));
                 line.push_str(cell);
+                line.push_str(&pad);
             }
         }
         out.push_str(line.trim_end());
