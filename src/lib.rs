@@ -5,7 +5,7 @@
 //!  OTLP HTTP :4318 ─┴─> receive ─> route ─> buffer ─> decide ─> export ─> OTLP gRPC / HTTP / file
 //!                        (tenant)   (shard    (per-trace  (rules,   (batch, annotate,
 //!                                    by id)    timers)     th/rv)    retry, count)
-//!  admin HTTP :8080: /healthz /readyz /metrics /api/v1/rules
+//!  admin HTTP :8080: /healthz /readyz /metrics /api/v1/rules /api/v1/tenants /api/v1/traces/{id} /
 //! ```
 //!
 //! Where each part lives:
