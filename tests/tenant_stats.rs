@@ -312,6 +312,19 @@ async fn per_tenant_counts_match_what_was_sent_and_what_the_backend_received() {
     let (status, _) = get_json(proxy.admin, "/api/v1/traces/not-a-trace-id").await;
     assert_eq!(status, 400);
 
+    // The dashboard: one self-contained page.
+    let page = http_get(proxy.admin, "/").await;
+    assert_eq!(page.status, 200);
+    let html = page.text();
+    assert!(
+        html.contains("<svg") && html.contains("/api/v1/history"),
+        "{html}"
+    );
+    assert!(
+        !html.contains("src=\"http") && !html.contains("href=\"http"),
+        "nothing loaded from elsewhere"
+    );
+
     // /metrics, parsed by the reference parser: per-tenant counters agree with the API.
     metrics_agree_with_the_api(proxy.admin, &tenants, expected_traces).await;
 

@@ -76,14 +76,11 @@ fn bad_request(message: String) -> Response {
     (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response()
 }
 
-fn window_param(q: &HashMap<String, String>) -> Result<Window, Response> {
+fn window_param(q: &HashMap<String, String>) -> Result<Window, String> {
     match q.get("window") {
         None => Ok(Window::FiveMinutes),
-        Some(w) => Window::parse(w).ok_or_else(|| {
-            bad_request(format!(
-                "unknown window {w:?}: use 1m, 5m, 1h or all (since start)"
-            ))
-        }),
+        Some(w) => Window::parse(w)
+            .ok_or_else(|| format!("unknown window {w:?}: use 1m, 5m, 1h or all (since start)")),
     }
 }
 
@@ -154,7 +151,7 @@ fn by_reason(counts: &[u64; 6]) -> Value {
 async fn list(State(api): State<TenantApi>, Query(q): Query<HashMap<String, String>>) -> Response {
     let window = match window_param(&q) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(e) => return bad_request(e),
     };
     let now = unix_now();
     let mut tenants = api.stats.tenants.snapshot(window, now);
@@ -202,7 +199,7 @@ async fn one(
 ) -> Response {
     let window = match window_param(&q) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(e) => return bad_request(e),
     };
     let now = unix_now();
     let Some(c) = api.stats.tenants.tenant(&id, window, now) else {

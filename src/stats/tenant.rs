@@ -545,7 +545,8 @@ impl TenantTable {
                 );
             }
         }
-        let by_reason: [(&str, &str, fn(&Counts) -> &[u64; 6]); 2] = [
+        type ByReason = fn(&Counts) -> &[u64; 6];
+        let by_reason: [(&str, &str, ByReason); 2] = [
             (
                 "tailsift_tenant_traces_dropped_total",
                 "Traces not kept, per tenant and reason",
