@@ -56,12 +56,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     // export
     let sink = Sink::build(&config.export).context("setting up the exporter")?;
-    let (intake, export_rx) = export::intake(&config.export, stats.clone());
+    let spool = match &config.export.spool_dir {
+        Some(dir) => Some(Arc::new(
+            export::spool::Spool::open(dir, config.export.spool_max_bytes.0)
+                .context("opening the export spool")?,
+        )),
+        None => None,
+    };
+    if let Some(spool) = &spool {
+        stats.spooled_spans.store(spool.spans() as i64, Relaxed);
+    }
+    let (intake, export_rx) =
+        export::intake(&config.export, config.buffer.max_memory.0, stats.clone());
     let exporter = tokio::spawn(export::run(
         export_rx,
         sink,
         config.export.clone(),
         keys.clone(),
+        spool,
         stats.clone(),
     ));
 
@@ -264,6 +276,7 @@ pub async fn run_until_signal(config: Config) -> anyhow::Result<()> {
         received = stats.spans_received.load(Relaxed),
         exported = stats.spans_exported.load(Relaxed),
         dropped_by_rules = stats.dropped(DropReason::Rule) + stats.dropped(DropReason::Sampled),
+        export_overflow = stats.dropped(DropReason::ExportOverflow),
         export_failed = stats.dropped(DropReason::ExportFailed),
         shutdown_dropped = stats.dropped(DropReason::ShutdownDeadline),
         "stopped"

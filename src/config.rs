@@ -306,8 +306,8 @@ pub struct ExportConfig {
     /// Longest a kept span waits for its batch to fill.
     pub batch_timeout: HumanDuration,
     /// Kept spans waiting for export, in bytes; beyond it spans are dropped (counted as
-    /// `export_overflow`).
-    pub queue_max_bytes: ByteSize,
+    /// `export_overflow`). Default: a quarter of `buffer.max_memory`.
+    pub queue_max_bytes: Option<ByteSize>,
     /// Export requests in flight at once.
     pub max_in_flight: usize,
     /// Timeout of one export request.
@@ -318,6 +318,11 @@ pub struct ExportConfig {
     pub retry_max: HumanDuration,
     /// Give up on a batch after retrying this long (its spans are counted `export_failed`).
     pub retry_max_elapsed: HumanDuration,
+    /// Directory of the disk spool; when set, batches the backend refuses with a retryable
+    /// error are written here and replayed oldest first (also after a restart).
+    pub spool_dir: Option<PathBuf>,
+    /// Most bytes the spool may hold; beyond it batches are retried in memory.
+    pub spool_max_bytes: ByteSize,
 }
 
 impl Default for ExportConfig {
@@ -329,12 +334,14 @@ impl Default for ExportConfig {
             sample_rate_attribute: "SampleRate".into(),
             batch_max_spans: 8192,
             batch_timeout: HumanDuration(Duration::from_millis(200)),
-            queue_max_bytes: ByteSize(256 << 20),
+            queue_max_bytes: None,
             max_in_flight: 4,
             request_timeout: HumanDuration(Duration::from_secs(10)),
             retry_initial: HumanDuration(Duration::from_millis(100)),
             retry_max: HumanDuration(Duration::from_secs(5)),
             retry_max_elapsed: HumanDuration(Duration::from_secs(60)),
+            spool_dir: None,
+            spool_max_bytes: ByteSize(1 << 30),
         }
     }
 }
@@ -518,6 +525,14 @@ listen = "127.0.0.1:8080"
 "#;
         let c = Config::parse(text, Path::new("x.toml")).unwrap();
         assert_eq!(c.receive.max_request_bytes.0, 16 << 20);
+    }
+
+    #[test]
+    fn the_shipped_example_with_every_key_is_valid() {
+        let text = include_str!("../config.example.toml");
+        let c = Config::parse(text, Path::new("config.example.toml")).unwrap();
+        assert_eq!(c.export.batch_max_spans, 8192);
+        assert_eq!(c.shutdown.timeout.0, Duration::from_secs(30));
     }
 
     #[test]

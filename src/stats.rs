@@ -45,6 +45,8 @@ pub struct Stats {
     pub export_queue_bytes: AtomicI64,
     /// Kept spans waiting for export or in flight.
     pub export_queue_spans: AtomicI64,
+    /// Kept spans waiting in the disk spool.
+    pub spooled_spans: AtomicI64,
     /// Per-tenant counts over sliding windows, and the decision-latency histogram.
     pub tenants: tenant::TenantTable,
 }
@@ -95,6 +97,12 @@ impl Stats {
     /// Traces decided because of `cause` so far.
     pub fn decided_count(&self, cause: DecideCause) -> u64 {
         self.decided_by[cause_index(cause)].load(Relaxed)
+    }
+
+    /// Bytes held in memory for spans: buffered plus waiting for export. The memory budget
+    /// (`buffer.max_memory`) applies to this sum.
+    pub fn held_bytes(&self) -> i64 {
+        self.buffered_bytes.load(Relaxed) + self.export_queue_bytes.load(Relaxed)
     }
 
     /// Prometheus text exposition of every counter and gauge.
@@ -177,7 +185,7 @@ impl Stats {
                 self.decided_count(cause)
             );
         }
-        let gauges: [(&str, &str, &AtomicI64); 5] = [
+        let gauges: [(&str, &str, &AtomicI64); 6] = [
             (
                 "tailsift_buffered_spans",
                 "Spans held in the buffer",
@@ -202,6 +210,11 @@ impl Stats {
                 "tailsift_export_queue_spans",
                 "Kept spans waiting for export or in flight",
                 &self.export_queue_spans,
+            ),
+            (
+                "tailsift_spooled_spans",
+                "Kept spans waiting in the disk spool",
+                &self.spooled_spans,
             ),
         ];
         for (name, help, value) in gauges {

@@ -41,7 +41,7 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
-    let ready = s.ready.load(Relaxed) && s.stats.buffered_bytes.load(Relaxed) < s.max_memory;
+    let ready = s.ready.load(Relaxed) && s.stats.held_bytes() < s.max_memory;
     if ready {
         (StatusCode::OK, "ready\n").into_response()
     } else {

@@ -3,6 +3,7 @@
 //! in bytes; every span that is not delivered is counted with its reason.
 
 pub mod sink;
+pub mod spool;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::otlp::encode::{AnnotationKeys, BatchEncoder};
 use crate::stats::tenant::{unix_now, Counts};
 use crate::stats::Stats;
 use sink::Sink;
+use spool::Spool;
 
 /// Counts spans of one tenant dropped for `reason` in the per-tenant table.
 fn drop_for_tenant(stats: &Stats, tenant: &TenantId, reason: DropReason, spans: u64) {
@@ -76,13 +78,14 @@ impl KeptSink for Intake {
 /// Creates the intake and the receiving end for [`run`].
 pub fn intake(
     config: &ExportConfig,
+    max_memory: u64,
     stats: Arc<Stats>,
 ) -> (Intake, mpsc::UnboundedReceiver<KeptSpans>) {
     let (tx, rx) = mpsc::unbounded_channel();
     (
         Intake {
             tx,
-            max_bytes: config.queue_max_bytes.0 as i64,
+            max_bytes: config.queue_max_bytes.map_or(max_memory / 4, |b| b.0) as i64,
             stats,
         },
         rx,
@@ -97,15 +100,17 @@ struct Retry {
     max_elapsed: Duration,
 }
 
-/// Runs the exporter until every intake is closed and the queue is drained.
+/// Runs the exporter until every intake is closed and the queue is drained. With a spool,
+/// a batch the backend refuses with a retryable error goes to disk at once (memory stays
+/// bounded through long outages) and a replay task sends spooled batches oldest first.
 pub async fn run(
     mut rx: mpsc::UnboundedReceiver<KeptSpans>,
     sink: Sink,
     config: ExportConfig,
     annotation_keys: AnnotationKeys,
+    spool: Option<Arc<Spool>>,
     stats: Arc<Stats>,
 ) {
-    let mut encoder = BatchEncoder::new(annotation_keys);
     let in_flight = Arc::new(Semaphore::new(config.max_in_flight));
     let mut tasks = JoinSet::new();
     let retry = Retry {
@@ -113,6 +118,16 @@ pub async fn run(
         max: config.retry_max.0,
         max_elapsed: config.retry_max_elapsed.0,
     };
+    let (stop_replay, replay_stopped) = tokio::sync::watch::channel(false);
+    let replay = spool.clone().map(|spool| {
+        tokio::spawn(replay(
+            spool,
+            sink.clone(),
+            retry.clone(),
+            stats.clone(),
+            replay_stopped,
+        ))
+    });
     let mut batch: Vec<KeptSpans> = Vec::new();
     let mut batch_spans = 0usize;
     let mut open = true;
@@ -139,43 +154,59 @@ pub async fn run(
                 Err(_) => break,
             }
         }
-        let permit = match in_flight.clone().acquire_owned().await {
-            Ok(p) => p,
-            Err(_) => break,
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
         };
-        let spans = batch_spans as u64;
-        let bytes: i64 = batch
-            .iter()
-            .flat_map(|k| k.spans.iter())
-            .map(|s| s.accounted_bytes() as i64)
-            .sum();
         let tenants = spans_per_tenant(&batch);
-        let mut body = Vec::with_capacity(bytes as usize + 1024);
-        encoder.encode(&batch, &mut body);
-        batch.clear();
-        batch_spans = 0;
-        let sink = sink.clone();
-        let stats = stats.clone();
-        let retry = retry.clone();
+        let batch = std::mem::take(&mut batch);
+        let spans = std::mem::take(&mut batch_spans) as u64;
+        let (sink, stats, retry, keys, spool) = (
+            sink.clone(),
+            stats.clone(),
+            retry.clone(),
+            annotation_keys.clone(),
+            spool.clone(),
+        );
+        // Encoding happens in the send task, so batches are encoded in parallel.
         tasks.spawn(async move {
-            let delivered = send_with_retry(&sink, Bytes::from(body), &retry, &stats).await;
+            let bytes: i64 = batch
+                .iter()
+                .flat_map(|k| k.spans.iter())
+                .map(|s| s.accounted_bytes() as i64)
+                .sum();
+            let mut body = Vec::with_capacity(bytes as usize + 1024);
+            BatchEncoder::new(keys).encode(&batch, &mut body);
+            drop(batch);
+            let outcome = send_with_retry(
+                &sink,
+                Bytes::from(body),
+                spans,
+                &retry,
+                spool.as_deref(),
+                &stats,
+            )
+            .await;
             stats.export_queue_bytes.fetch_sub(bytes, Relaxed);
             stats.export_queue_spans.fetch_sub(spans as i64, Relaxed);
-            if delivered {
-                stats.spans_exported.fetch_add(spans, Relaxed);
-            } else {
-                stats.drop_spans(DropReason::ExportFailed, spans);
+            match outcome {
+                Outcome::Delivered => {
+                    stats.spans_exported.fetch_add(spans, Relaxed);
+                }
+                Outcome::Spooled => {}
+                Outcome::Failed => stats.drop_spans(DropReason::ExportFailed, spans),
             }
+            // A spooled batch is attributed to no tenant when it is replayed later (the spool
+            // keeps encoded requests only), so per-tenant counts cover direct deliveries.
             let counts: Vec<(TenantId, Counts)> = tenants
                 .into_iter()
-                .map(|(tenant, n)| {
+                .filter_map(|(tenant, n)| {
                     let mut c = Counts::default();
-                    if delivered {
-                        c.spans_exported = n;
-                    } else {
-                        c.drop_spans(DropReason::ExportFailed, n);
+                    match outcome {
+                        Outcome::Delivered => c.spans_exported = n,
+                        Outcome::Spooled => return None,
+                        Outcome::Failed => c.drop_spans(DropReason::ExportFailed, n),
                     }
-                    (tenant, c)
+                    Some((tenant, c))
                 })
                 .collect();
             stats
@@ -186,25 +217,53 @@ pub async fn run(
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
+    let _ = stop_replay.send(true);
+    if let Some(replay) = replay {
+        let _ = replay.await;
+    }
+}
+
+/// What became of one batch.
+enum Outcome {
+    /// The backend took it.
+    Delivered,
+    /// It waits on disk for the replay task.
+    Spooled,
+    /// Refused for good or retried too long.
+    Failed,
 }
 
 /// Sends one request, retrying retryable failures with capped exponential backoff and jitter
-/// (honouring the backend's requested delay) until `max_elapsed`. Returns whether it arrived.
-async fn send_with_retry(sink: &Sink, body: Bytes, retry: &Retry, stats: &Stats) -> bool {
+/// (honouring the backend's requested delay) until `max_elapsed`; with a spool, a retryable
+/// failure moves the request to disk instead.
+async fn send_with_retry(
+    sink: &Sink,
+    body: Bytes,
+    spans: u64,
+    retry: &Retry,
+    spool: Option<&Spool>,
+    stats: &Stats,
+) -> Outcome {
     let start = Instant::now();
     let mut delay = retry.initial;
     loop {
         match sink.send(body.clone()).await {
-            Ok(()) => return true,
+            Ok(()) => return Outcome::Delivered,
             Err(err) if err.retryable => {
-                let jittered = {
-                    let mut rng = rand::rng();
-                    delay.mul_f64(rng.random_range(0.5..1.0))
-                };
-                let wait = err.retry_after.unwrap_or(jittered);
+                if let Some(spool) = spool {
+                    match spool.push(&body, spans) {
+                        Ok(()) => {
+                            stats.spooled_spans.fetch_add(spans as i64, Relaxed);
+                            tracing::warn!(error = %err, spans, "export failed; batch spooled to disk for replay");
+                            return Outcome::Spooled;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot spool; retrying in memory"),
+                    }
+                }
+                let wait = err.retry_after.unwrap_or_else(|| jitter(delay));
                 if start.elapsed() + wait > retry.max_elapsed {
                     tracing::error!(error = %err, "export failed after retrying; spans dropped");
-                    return false;
+                    return Outcome::Failed;
                 }
                 stats.export_retries.fetch_add(1, Relaxed);
                 tracing::warn!(error = %err, wait_ms = wait.as_millis() as u64, "export failed; retrying");
@@ -213,7 +272,69 @@ async fn send_with_retry(sink: &Sink, body: Bytes, retry: &Retry, stats: &Stats)
             }
             Err(err) => {
                 tracing::error!(error = %err, "export refused permanently; spans dropped");
-                return false;
+                return Outcome::Failed;
+            }
+        }
+    }
+}
+
+/// A delay between 50% and 100% of `delay`, so many proxies do not retry in lockstep.
+fn jitter(delay: Duration) -> Duration {
+    let mut rng = rand::rng();
+    delay.mul_f64(rng.random_range(0.5..1.0))
+}
+
+/// Sends spooled requests oldest first until told to stop; waits with backoff while the
+/// backend refuses. What is still spooled at stop waits for the next start.
+async fn replay(
+    spool: Arc<Spool>,
+    sink: Sink,
+    retry: Retry,
+    stats: Arc<Stats>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut delay = retry.initial;
+    loop {
+        let wait = match spool.oldest() {
+            None => Duration::from_millis(200),
+            Some(item) => match spool.read(&item) {
+                Err(e) => {
+                    tracing::error!(error = %e, "unreadable spool file dropped");
+                    spool.remove(&item);
+                    stats.spooled_spans.fetch_sub(item.spans as i64, Relaxed);
+                    stats.drop_spans(DropReason::ExportFailed, item.spans);
+                    Duration::ZERO
+                }
+                Ok(body) => match sink.send(Bytes::from(body)).await {
+                    Ok(()) => {
+                        spool.remove(&item);
+                        stats.spooled_spans.fetch_sub(item.spans as i64, Relaxed);
+                        stats.spans_exported.fetch_add(item.spans, Relaxed);
+                        delay = retry.initial;
+                        Duration::ZERO
+                    }
+                    Err(err) if err.retryable => {
+                        let wait = err.retry_after.unwrap_or_else(|| jitter(delay));
+                        delay = (delay * 2).min(retry.max);
+                        wait
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, spans = item.spans, "spooled batch refused permanently; dropped");
+                        spool.remove(&item);
+                        stats.spooled_spans.fetch_sub(item.spans as i64, Relaxed);
+                        stats.drop_spans(DropReason::ExportFailed, item.spans);
+                        Duration::ZERO
+                    }
+                },
+            },
+        };
+        if *stop.borrow() {
+            return;
+        }
+        if !wait.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.wait_for(|s| *s) => return,
             }
         }
     }

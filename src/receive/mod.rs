@@ -101,10 +101,10 @@ impl Receiver {
                 "the proxy is shutting down".into(),
             ));
         }
-        if self.stats.buffered_bytes.load(Relaxed) >= self.max_buffered_bytes {
+        if self.stats.held_bytes() >= self.max_buffered_bytes {
             self.stats.requests_refused.fetch_add(1, Relaxed);
             return Err(ReceiveError::Unavailable(
-                "the trace buffer is at its memory budget; retry later".into(),
+                "spans held in memory reached buffer.max_memory; retry later".into(),
             ));
         }
         if body.len() > self.max_request_bytes {
