@@ -13,14 +13,18 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, AdminState};
 use crate::buffer::{self, KeptSink, Limits};
 use crate::config::Config;
+use crate::decide::Decider;
 use crate::export::{self, sink::Sink};
 use crate::model::{DropReason, TenantId};
 use crate::otlp::encode::AnnotationKeys;
 use crate::otlp::ingest::IngestOptions;
 use crate::receive::{self, Receiver};
-use crate::reload::LiveRules;
+use crate::reload::{self, LiveRules, RulesWatcher, Trigger};
 use crate::route::Router;
+use crate::sample::{SamplerBoard, ShardSamplers};
+use crate::shadow::ShadowStats;
 use crate::stats::Stats;
+use crate::tags::TagTable;
 
 /// Attribute naming the deciding rule on every exported span.
 pub const RULE_ATTRIBUTE: &str = "tailsift.rule";
@@ -37,6 +41,11 @@ pub struct Running {
     pub stats: Arc<Stats>,
     /// The live rules.
     pub rules: Arc<LiveRules>,
+    /// Runtime tenant tags.
+    pub tags: Arc<TagTable>,
+    /// Shadow rules outcomes.
+    pub shadow_stats: Arc<ShadowStats>,
+    _watcher: Option<RulesWatcher>,
     stop: watch::Sender<bool>,
     done: JoinHandle<()>,
 }
@@ -46,9 +55,28 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let stats = Arc::new(Stats::default());
     stats.tenants.set_max_tenants(config.stats.max_tenants);
     let rules = Arc::new(
-        LiveRules::load(&config.rules.file)
+        LiveRules::load_with_shadow(&config.rules.file, config.rules.shadow_file.as_deref())
             .with_context(|| format!("loading rules from {}", config.rules.file.display()))?,
     );
+    let tags = Arc::new(TagTable::load(&config.rules.tags_file).context("loading tenant tags")?);
+    let shadow_stats = Arc::new(ShadowStats::default());
+    let watcher = if config.rules.watch {
+        match reload::watch(&rules, reload::WATCH_DEBOUNCE) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "rules file not watched; reload with SIGHUP or the admin API");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let inputs = buffer::DecideInputs {
+        rules: rules.handle(),
+        shadow: rules.shadow_handle(),
+        tags: tags.clone(),
+        shadow_stats: shadow_stats.clone(),
+    };
     let keys = AnnotationKeys {
         sample_rate: config.export.sample_rate_attribute.clone(),
         rule: RULE_ATTRIBUTE.to_string(),
@@ -94,14 +122,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut shard_senders = Vec::with_capacity(shard_count);
     let mut shards = Vec::with_capacity(shard_count);
-    for _ in 0..shard_count {
+    let samplers = SamplerBoard::new(shard_count);
+    for i in 0..shard_count {
         let (tx, rx) = mpsc::channel(256);
         shard_senders.push(tx);
         shards.push(tokio::spawn(buffer::run_shard(
             buffer::table::Table::new(limits.clone()),
             rx,
             stop_rx.clone(),
-            rules.handle(),
+            inputs.clone(),
+            Decider::new(ShardSamplers::new(shard_count, Some((samplers.clone(), i)))),
             intake.clone(),
             stats.clone(),
         )));
@@ -167,6 +197,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let app = admin::router(AdminState {
             stats: stats.clone(),
             rules: rules.clone(),
+            tags: tags.clone(),
+            shadow: shadow_stats.clone(),
+            samplers,
             ready: ready.clone(),
             max_memory: config.buffer.max_memory.0 as i64,
         })
@@ -224,6 +257,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         admin_addr,
         stats,
         rules,
+        tags,
+        shadow_stats,
+        _watcher: watcher,
         stop: stop_tx,
         done,
     })
@@ -267,8 +303,10 @@ impl Running {
 
 /// Runs until SIGTERM or SIGINT, then shuts down gracefully; SIGHUP reloads the rules.
 pub async fn run_until_signal(config: Config) -> anyhow::Result<()> {
+    // Handlers go in before anything listens: a SIGHUP right after start must reload, not kill.
+    let signals = Signals::install();
     let running = start(config).await?;
-    wait_for_signal(&running).await;
+    signals.wait(&running).await;
     tracing::info!("shutting down: deciding buffered traces and flushing exports");
     let stats = running.stats.clone();
     running.shutdown().await;
@@ -284,30 +322,54 @@ pub async fn run_until_signal(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(unix)]
-async fn wait_for_signal(running: &Running) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading rules");
-                let _ = running.rules.reload();
+/// The process signals the proxy reacts to, installed before start-up.
+struct Signals {
+    #[cfg(unix)]
+    unix: Option<[tokio::signal::unix::Signal; 3]>,
+}
+
+impl Signals {
+    #[cfg(unix)]
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let unix = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(int), Ok(hup)) => Some([term, int, hup]),
+            _ => None,
+        };
+        Signals { unix }
+    }
+
+    #[cfg(not(unix))]
+    fn install() -> Signals {
+        Signals {}
+    }
+
+    /// Waits for SIGTERM or SIGINT; SIGHUP reloads the rules meanwhile.
+    #[cfg(unix)]
+    async fn wait(self, running: &Running) {
+        let Some([mut term, mut int, mut hup]) = self.unix else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = int.recv() => return,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading rules");
+                    let rules = running.rules.clone();
+                    let _ = tokio::task::spawn_blocking(move || rules.reload(Trigger::Signal)).await;
+                }
             }
         }
     }
-}
 
-#[cfg(not(unix))]
-async fn wait_for_signal(_running: &Running) {
-    let _ = tokio::signal::ctrl_c().await;
+    #[cfg(not(unix))]
+    async fn wait(self, _running: &Running) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

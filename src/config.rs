@@ -263,15 +263,28 @@ pub struct RulesConfig {
     /// The rules file. When it is the default path and does not exist, built-in rules equal
     /// to the shipped `rules/default.toml` are used.
     pub file: PathBuf,
+    /// Reload the rules when the file changes on disk (debounced 200 ms).
+    pub watch: bool,
+    /// A candidate rules file evaluated beside the live rules without deciding anything
+    /// (reported by `GET /api/v1/rules/shadow`); none by default.
+    pub shadow_file: Option<PathBuf>,
+    /// JSON state file for runtime tenant tags, written atomically, read at start.
+    pub tags_file: PathBuf,
 }
 
 impl Default for RulesConfig {
     fn default() -> Self {
         RulesConfig {
             file: PathBuf::from(DEFAULT_RULES_FILE),
+            watch: true,
+            shadow_file: None,
+            tags_file: PathBuf::from(DEFAULT_TAGS_FILE),
         }
     }
 }
+
+/// The default tenant-tag state file.
+pub const DEFAULT_TAGS_FILE: &str = "tailsift-tags.json";
 
 /// The default rules path.
 pub const DEFAULT_RULES_FILE: &str = "rules/default.toml";
@@ -495,6 +508,9 @@ mod tests {
         assert_eq!(c.buffer.max_memory.0, 1 << 30);
         assert_eq!(c.export.kind, ExportKind::File);
         assert_eq!(c.rules.file, PathBuf::from("rules/default.toml"));
+        assert!(c.rules.watch);
+        assert_eq!(c.rules.shadow_file, None);
+        assert_eq!(c.rules.tags_file, PathBuf::from("tailsift-tags.json"));
     }
 
     #[test]
@@ -515,6 +531,8 @@ max_spans_per_trace = 10000
 max_memory = "1GiB"
 [rules]
 file = "rules/default.toml"
+watch = true
+tags_file = "tailsift-tags.json"
 [export]
 kind = "file"
 endpoint = "http://127.0.0.1:14317"

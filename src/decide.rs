@@ -1,28 +1,78 @@
-//! Deciding a whole trace: the live rule set picks an action, and 1-in-N choices are made
-//! with the consistent threshold scheme (`consistent`), so every node decides a trace alike.
+//! Deciding a whole trace: the live rule set picks an action, a dynamic sampler (`sample`)
+//! may choose the rate, and 1-in-N choices are made with the consistent threshold scheme
+//! (`consistent`), so every node decides a trace alike.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::consistent::{self, MAX};
 use crate::model::{CompleteTrace, Decision, SpanRecord, StatusCode};
 use crate::otlp::{find_attribute, AnyValue};
 use crate::rules::{Action, RuleSet, SpanKind, SpanStatus, SpanView, TraceView, Value};
+use crate::sample::{dither, ShardSamplers};
+use crate::tags::{TagMap, TAG_RULE};
 
 /// Name recorded for traces no rule matched (they are kept: nothing is lost by omission).
 pub const NO_RULE: &str = "(no rule)";
 
 /// Turns rule verdicts into decisions; owned by one buffer shard (no shared state).
-#[derive(Default)]
 pub struct Decider {
     rule_names: HashMap<String, Arc<str>>,
+    samplers: ShardSamplers,
+}
+
+/// A decider for a single shard that publishes no sampler snapshots (tests, tools).
+impl Default for Decider {
+    fn default() -> Self {
+        Decider::new(ShardSamplers::new(1, None))
+    }
 }
 
 impl Decider {
-    /// Decides one trace with the given rule-set snapshot.
+    /// Decides one trace: a runtime tenant tag (active at `now_ms`) keeps it entirely as rule
+    /// `tenant-tag`; otherwise the rule-set snapshot decides.
+    pub fn decide_tagged(
+        &mut self,
+        trace: &CompleteTrace,
+        rules: &RuleSet,
+        tags: &TagMap,
+        now_ms: u64,
+    ) -> Decision {
+        if tags.keeps_all(trace.tenant.as_str(), now_ms) {
+            let rule = self.intern(TAG_RULE);
+            return sampled(trace, 1, rule);
+        }
+        self.decide(trace, rules)
+    }
+
+    /// Decides one trace with the given rule-set snapshot, counting the hit on its rule.
+    /// A decider with its own, unpublished samplers, for shadow rules: the live samplers must
+    /// not learn from (or be rebuilt for) a candidate rule set.
+    pub fn detached(&self) -> Decider {
+        Decider::new(self.samplers.detached())
+    }
+
+    /// A decider with this shard's sampler instances.
+    pub fn new(samplers: ShardSamplers) -> Self {
+        Decider {
+            rule_names: HashMap::new(),
+            samplers,
+        }
+    }
+
+    /// Decides one trace with the given rule-set snapshot, now.
     pub fn decide(&mut self, trace: &CompleteTrace, rules: &RuleSet) -> Decision {
+        self.decide_at(trace, rules, Instant::now())
+    }
+
+    /// Decides one trace at `now` (the samplers' clock). A new rule set rebuilds the
+    /// samplers, keeping the learned state of those whose settings did not change.
+    pub fn decide_at(&mut self, trace: &CompleteTrace, rules: &RuleSet, now: Instant) -> Decision {
+        self.samplers.sync(rules);
         let view = TraceRef::new(trace);
         let verdict = rules.evaluate(&view);
+        rules.record_hit(&verdict);
         let rule = self.intern(verdict.rule.unwrap_or(NO_RULE));
         let rate = match verdict.action {
             Action::Drop => {
@@ -34,18 +84,15 @@ impl Decider {
                 }
             }
             Action::Sample { rate } => *rate,
-            // Dynamic samplers plug in here; until one is configured the trace is kept.
-            Action::Sampler(..) => 1,
+            // The sampler picks a rate for what arrives; upstream head sampling composes
+            // with it below, so the exported SampleRate is the total rate. Its integer rate
+            // for this trace is dithered by the trace id (see `Rate::pick`).
+            Action::Sampler(name) => self
+                .samplers
+                .rate(name, &view, now)
+                .map_or(1, |r| r.pick(dither(&trace.trace_id.0))),
         };
-        let ot = upstream_state(&trace.spans);
-        let randomness = ot.randomness.unwrap_or_else(|| trace.trace_id.randomness());
-        let threshold = consistent::compose(ot.threshold.unwrap_or(0), rate);
-        Decision {
-            keep: consistent::keeps(randomness, threshold),
-            sample_rate: consistent::rate_for_threshold(threshold),
-            threshold,
-            rule,
-        }
+        sampled(trace, rate, rule)
     }
 
     fn intern(&mut self, name: &str) -> Arc<str> {
@@ -55,6 +102,19 @@ impl Decider {
         let n: Arc<str> = Arc::from(name);
         self.rule_names.insert(name.to_string(), n.clone());
         n
+    }
+}
+
+/// Keeps 1 trace in `rate`, consistently with upstream head sampling and other nodes.
+fn sampled(trace: &CompleteTrace, rate: u64, rule: Arc<str>) -> Decision {
+    let ot = upstream_state(&trace.spans);
+    let randomness = ot.randomness.unwrap_or_else(|| trace.trace_id.randomness());
+    let threshold = consistent::compose(ot.threshold.unwrap_or(0), rate);
+    Decision {
+        keep: consistent::keeps(randomness, threshold),
+        sample_rate: consistent::rate_for_threshold(threshold),
+        threshold,
+        rule,
     }
 }
 
@@ -174,5 +234,149 @@ impl SpanView for SpanRecord {
                 .flatten(),
         };
         found.and_then(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::explain::traces_from_json;
+    use crate::model::TenantId;
+    use crate::otlp::ingest::IngestOptions;
+    use crate::tags::{unix_ms, TagTable};
+
+    fn fixture() -> Vec<CompleteTrace> {
+        let options = IngestOptions {
+            tenant_attribute: "tenant.id".into(),
+            default_tenant: TenantId::new("default"),
+            reserved_attributes: Vec::new(),
+        };
+        let body = include_bytes!("../tests/fixtures/traces.json");
+        traces_from_json(body, &options).unwrap().0
+    }
+
+    #[test]
+    fn tenant_tag_keeps_the_tenants_traces_above_the_rules_until_it_expires() {
+        let rules = RuleSet::parse("[[rule]]\nname = \"none\"\ndrop = true\n", "t").unwrap();
+        let traces = fixture();
+        let acme = traces.iter().find(|t| t.tenant.as_str() == "acme").unwrap();
+        let other = traces.iter().find(|t| t.tenant.as_str() != "acme").unwrap();
+        let tags = TagTable::in_memory();
+        let mut decider = Decider::default();
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let before = decider.decide_tagged(acme, &rules, &tags.snapshot(), unix_ms(t0));
+        assert!(!before.keep);
+        tags.set("acme", Some(Duration::from_secs(3600)), t0)
+            .unwrap();
+        // The very next decision sees the tag.
+        let now = unix_ms(t0 + Duration::from_secs(1));
+        let tagged = decider.decide_tagged(acme, &rules, &tags.snapshot(), now);
+        assert_eq!(
+            (tagged.keep, tagged.sample_rate, &*tagged.rule),
+            (true, 1, TAG_RULE)
+        );
+        let untagged = decider.decide_tagged(other, &rules, &tags.snapshot(), now);
+        assert_eq!((untagged.keep, &*untagged.rule), (false, "none"));
+        let later = unix_ms(t0 + Duration::from_secs(3600));
+        let expired = decider.decide_tagged(acme, &rules, &tags.snapshot(), later);
+        assert_eq!((expired.keep, &*expired.rule), (false, "none"));
+    }
+
+    #[test]
+    fn decisions_count_hits_on_the_deciding_rule() {
+        let rules = RuleSet::builtin();
+        let mut decider = Decider::default();
+        for trace in &fixture() {
+            decider.decide(trace, &rules);
+        }
+        let hits: Vec<(&str, u64)> = rules.rules().map(|r| (r.rule.name(), r.hits)).collect();
+        assert_eq!(
+            hits,
+            vec![
+                ("errors", 1),
+                ("tagged-tenants", 1),
+                ("health-checks", 1),
+                ("slow", 1),
+                ("rest", 1)
+            ]
+        );
+    }
+
+    use crate::model::{DecideCause, Origin, Span32, SpanIndex, TraceId};
+
+    /// A one-span trace whose tracestate says an upstream head sampler kept 1 in 4 (`th:c`).
+    fn head_sampled(trace_id: TraceId) -> CompleteTrace {
+        let mut bytes = b"ot=th:c".to_vec();
+        bytes.resize(64, 0);
+        let index = SpanIndex {
+            trace_id,
+            span_id: [1; 8],
+            trace_state: Span32 { start: 0, len: 7 },
+            ..Default::default()
+        };
+        CompleteTrace {
+            trace_id,
+            tenant: TenantId::new("acme"),
+            spans: vec![SpanRecord {
+                bytes: bytes::Bytes::from(bytes),
+                origin: Arc::new(Origin {
+                    tenant: TenantId::new("acme"),
+                    resource: Default::default(),
+                    resource_schema_url: Default::default(),
+                    scope: Default::default(),
+                    scope_schema_url: Default::default(),
+                    content_hash: 0,
+                }),
+                index,
+            }],
+            cause: DecideCause::Timeout,
+        }
+    }
+
+    #[test]
+    fn sampler_rates_compose_with_upstream_head_sampling() {
+        let rules = RuleSet::parse(
+            "[[rule]]\nname = \"all\"\nsampler = \"dyn\"\n\n[sampler.dyn]\ntype = \"ema_dynamic\"\ngoal_sample_rate = 10\nkey = [\"tenant\"]\nadjustment_interval = \"1s\"\n",
+            "r.toml",
+        )
+        .expect("valid");
+        let mut decider = Decider::default();
+        let upstream = consistent::threshold_for_rate(4);
+        let t0 = Instant::now();
+        let mut state = 42u64;
+        let (mut kept, mut weight) = (0u64, 0u64);
+        let arrivals = 40_000u64;
+        for i in 0..arrivals {
+            // Arrivals passed the upstream test: R ≥ Tu.
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let r = upstream + (state >> 8) % (MAX - upstream);
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&state.rotate_left(17).to_be_bytes());
+            id[8..].copy_from_slice(&r.to_be_bytes());
+            let d = decider.decide_at(
+                &head_sampled(TraceId(id)),
+                &rules,
+                t0 + Duration::from_millis(i / 4),
+            );
+            if i >= 4_000 {
+                // After the first interval the sampler keeps 1 in 10 of what arrives, and the
+                // exported rate counts the upstream 1 in 4 as well.
+                assert!((36..=44).contains(&d.sample_rate), "{}", d.sample_rate);
+                if d.keep {
+                    kept += 1;
+                    weight += d.sample_rate;
+                }
+            }
+        }
+        let n = arrivals - 4_000;
+        let fraction = kept as f64 / n as f64;
+        assert!((fraction * 10.0 - 1.0).abs() < 0.1, "kept {fraction}");
+        // Σ SampleRate estimates the traces before head sampling: 4 per arrival.
+        let err = weight as f64 / (4 * n) as f64 - 1.0;
+        assert!(err.abs() < 0.05, "re-weighting error {err}");
     }
 }

@@ -5,7 +5,9 @@
 //!  OTLP HTTP :4318 ─┴─> receive ─> route ─> buffer ─> decide ─> export ─> OTLP gRPC / HTTP / file
 //!                        (tenant)   (shard    (per-trace  (rules,   (batch, annotate,
 //!                                    by id)    timers)     th/rv)    retry, count)
-//!  admin HTTP :8080: /healthz /readyz /metrics /api/v1/rules /api/v1/tenants /api/v1/traces/{id} /
+//!  admin HTTP :8080: /healthz /readyz /metrics /api/v1/rules[/reload|/shadow] /api/v1/tenant-tags
+//!                    /api/v1/samplers/{name}
+//!                    /api/v1/tenants[/{id}] /api/v1/traces/{id} /api/v1/history / (dashboard)
 //! ```
 //!
 //! Where each part lives:
@@ -15,8 +17,13 @@
 //! - [`buffer`]: per-shard trace tables, timers, memory budget, decision cache.
 //! - [`decide`] + [`consistent`]: rule verdicts turned into consistent keep/drop decisions.
 //! - [`rules`]: the rules language (a leaf: parses, validates, evaluates).
+//! - [`sample`]: dynamic samplers (EMA per key, throughput, tenant-fair), one set per shard.
 //! - [`export`]: batching, annotation, sinks, retries.
-//! - [`stats`], [`admin`], [`reload`], [`config`]: counting, the admin API, live rules, config.
+//! - [`stats`], [`admin`], [`reload`], [`config`]: counting, the admin API, live rules (and their
+//!   file watch), config.
+//! - [`tags`]: runtime tenant tags (keep all of a tenant's traces), persisted in a state file.
+//! - [`shadow`]: a candidate rule set's outcomes counted beside the live ones.
+//! - [`explain`]: `tailsift rules test`, deciding recorded OTLP/JSON traces with reasons.
 //! - [`app`]: the composition root; [`model`]: the types that cross stages.
 #![forbid(unsafe_code)]
 
@@ -26,6 +33,7 @@ pub mod buffer;
 pub mod config;
 pub mod consistent;
 pub mod decide;
+pub mod explain;
 pub mod export;
 pub mod model;
 pub mod otlp;
@@ -33,4 +41,7 @@ pub mod receive;
 pub mod reload;
 pub mod route;
 pub mod rules;
+pub mod sample;
+pub mod shadow;
 pub mod stats;
+pub mod tags;

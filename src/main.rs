@@ -1,6 +1,6 @@
 //! The `tailsift` command: CLI → config → app → run until a signal.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +32,54 @@ enum Command {
     },
     /// Print per-tenant keep rates of a running node (from its admin API).
     Stats(stats_cmd::StatsArgs),
+    /// Work with rules files offline.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+    /// Runtime tenant tags of a running node (through its admin API).
+    Tenants {
+        /// The node's admin API.
+        #[arg(long, global = true, default_value = "http://127.0.0.1:8080")]
+        admin: String,
+        #[command(subcommand)]
+        command: TenantsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Decide recorded traces (OTLP/JSON) with a rules file and explain each decision.
+    Test {
+        /// The rules file to test.
+        #[arg(long)]
+        rules: PathBuf,
+        /// An OTLP/JSON ExportTraceServiceRequest holding one or more traces.
+        #[arg(long)]
+        trace: PathBuf,
+        /// Config file, for how tenants are found (`[tenant]`); defaults otherwise.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantsCommand {
+    /// Keep every trace of a tenant, above the rules file (optionally for a while).
+    Tag {
+        /// The tenant id.
+        tenant: String,
+        /// How long the tag lasts (`2h`, `30m`); without it, until untagged.
+        #[arg(long = "for")]
+        duration: Option<String>,
+    },
+    /// Remove a tenant's tag.
+    Untag {
+        /// The tenant id.
+        tenant: String,
+    },
+    /// List the active tags.
+    Tags,
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<Config, tailsift::config::ConfigError> {
@@ -73,6 +121,174 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => check(config.as_ref()),
         Command::Stats(args) => stats_cmd::run(args),
+        Command::Rules {
+            command:
+                RulesCommand::Test {
+                    rules,
+                    trace,
+                    config,
+                },
+        } => rules_test(&rules, &trace, config.as_ref()),
+        Command::Tenants { admin, command } => tenants(&admin, command),
+    }
+}
+
+/// `tailsift rules test`: every trace's deciding rule, rate and keep/drop, and the misses.
+fn rules_test(rules: &Path, trace: &Path, config: Option<&PathBuf>) -> ExitCode {
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let set = match tailsift::rules::RuleSet::load(rules) {
+        Ok(set) => set,
+        Err(e) => {
+            println!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for w in set.warnings() {
+        println!("warning: {w}");
+    }
+    let body = match std::fs::read(trace) {
+        Ok(b) => b,
+        Err(e) => {
+            println!("cannot read {}: {e}", trace.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = tailsift::otlp::ingest::IngestOptions {
+        tenant_attribute: config.tenant.resource_attribute.clone(),
+        default_tenant: tailsift::model::TenantId::new(&config.tenant.default),
+        reserved_attributes: Vec::new(),
+    };
+    let (traces, rejected) = match tailsift::explain::traces_from_json(&body, &options) {
+        Ok(t) => t,
+        Err(e) => {
+            println!("{}: {e}", trace.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if rejected > 0 {
+        println!(
+            "warning: {rejected} span(s) in {} have invalid ids and were skipped",
+            trace.display()
+        );
+    }
+    if traces.is_empty() {
+        println!("{}: no spans", trace.display());
+        return ExitCode::FAILURE;
+    }
+    for report in tailsift::explain::explain_traces(&traces, &set) {
+        println!("{report}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// `tailsift tenants ...`: one admin API call, its answer printed.
+fn tenants(admin: &str, command: TenantsCommand) -> ExitCode {
+    use http::Method;
+    let (method, path, body) = match &command {
+        TenantsCommand::Tag { tenant, duration } => {
+            let mut body = serde_json::json!({ "keep_all": true });
+            if let Some(d) = duration {
+                body["for"] = serde_json::Value::from(d.as_str());
+            }
+            (
+                Method::PUT,
+                format!("/api/v1/tenants/{}/tag", encode_segment(tenant)),
+                Some(body),
+            )
+        }
+        TenantsCommand::Untag { tenant } => (
+            Method::DELETE,
+            format!("/api/v1/tenants/{}/tag", encode_segment(tenant)),
+            None,
+        ),
+        TenantsCommand::Tags => (Method::GET, "/api/v1/tenant-tags".to_string(), None),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let answer = match runtime.block_on(tailsift::admin::client::request(
+        admin,
+        method,
+        &path,
+        body.as_ref(),
+    )) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json: serde_json::Value = serde_json::from_str(&answer.body).unwrap_or_default();
+    if !answer.status.is_success() {
+        let why = json["error"].as_str().unwrap_or(answer.body.trim());
+        eprintln!("error: {} ({})", why, answer.status);
+        return ExitCode::FAILURE;
+    }
+    match command {
+        TenantsCommand::Tag { tenant, .. } => match json["expires_in_seconds"].as_u64() {
+            Some(s) => println!(
+                "tagged {tenant}: keeping all its traces for {}",
+                human_seconds(s)
+            ),
+            None => println!("tagged {tenant}: keeping all its traces until untagged"),
+        },
+        TenantsCommand::Untag { tenant } => {
+            if json["removed"].as_bool() == Some(true) {
+                println!("untagged {tenant}");
+            } else {
+                println!("{tenant} was not tagged");
+            }
+        }
+        TenantsCommand::Tags => {
+            let tags = json["tags"].as_array().cloned().unwrap_or_default();
+            if tags.is_empty() {
+                println!("no tenant is tagged");
+            }
+            for t in tags {
+                let tenant = t["tenant"].as_str().unwrap_or("?");
+                match t["expires_in_seconds"].as_u64() {
+                    Some(s) => println!("{tenant}\tkeep_all\texpires in {}", human_seconds(s)),
+                    None => println!("{tenant}\tkeep_all\tno expiry"),
+                }
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Percent-encodes a tenant id for use as one URL path segment.
+fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `2h0m5s`-style duration.
+fn human_seconds(s: u64) -> String {
+    let (h, m, sec) = (s / 3600, s / 60 % 60, s % 60);
+    match (h, m) {
+        (0, 0) => format!("{sec}s"),
+        (0, _) => format!("{m}m{sec}s"),
+        _ => format!("{h}h{m}m{sec}s"),
     }
 }
 

@@ -1,20 +1,27 @@
-//! The admin HTTP API: health, readiness, Prometheus metrics and the live rules. It reads the
-//! handles it is given and never reaches into a stage.
+//! The admin HTTP API: health, readiness, Prometheus metrics, the live and shadow rules, and
+//! runtime tenant tags. It reads the handles it is given and never reaches into a stage.
+//! `docs/admin-api.md` documents every endpoint; [`client`] is the CLI's side of it.
+
+pub mod client;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use serde::Deserialize;
 
 pub mod tenants;
 
-use crate::reload::LiveRules;
+use crate::reload::{LiveRules, ReloadFailure, Trigger};
+use crate::sample::SamplerBoard;
+use crate::shadow::ShadowStats;
 use crate::stats::Stats;
+use crate::tags::{unix_ms, TagTable, TagsError, TenantTag};
 
 /// What the admin API reads.
 #[derive(Clone)]
@@ -23,6 +30,12 @@ pub struct AdminState {
     pub stats: Arc<Stats>,
     /// The live rules.
     pub rules: Arc<LiveRules>,
+    /// Runtime tenant tags.
+    pub tags: Arc<TagTable>,
+    /// Shadow rules outcomes.
+    pub shadow: Arc<ShadowStats>,
+    /// What each shard's samplers have learned.
+    pub samplers: Arc<SamplerBoard>,
     /// True while listeners are up and the proxy accepts data.
     pub ready: Arc<AtomicBool>,
     /// The buffer budget, for readiness.
@@ -37,6 +50,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/rules", get(rules))
         .route("/api/v1/rules/reload", post(reload))
+        .route("/api/v1/rules/shadow", get(shadow))
+        .route("/api/v1/tenants/{id}/tag", put(tag).delete(untag))
+        .route("/api/v1/tenant-tags", get(list_tags))
+        .route("/api/v1/samplers/{name}", get(sampler))
         .with_state(state)
 }
 
@@ -57,7 +74,34 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         "# HELP tailsift_rules_reloads_total Rules reloads, by outcome\n# TYPE tailsift_rules_reloads_total counter\ntailsift_rules_reloads_total{{outcome=\"ok\"}} {}\ntailsift_rules_reloads_total{{outcome=\"error\"}} {}\n",
         status.reloads, status.failures
     ));
+    out.push_str(&format!(
+        "# HELP tailsift_rules_reload_errors_total Rules reloads that failed (the old rules stayed live)\n# TYPE tailsift_rules_reload_errors_total counter\ntailsift_rules_reload_errors_total {}\n# HELP tailsift_rules_reload_failing 1 while the last reload attempt failed\n# TYPE tailsift_rules_reload_failing gauge\ntailsift_rules_reload_failing {}\n",
+        status.failures,
+        u8::from(status.failing)
+    ));
+    let snapshot = s.rules.snapshot();
+    out.push_str("# HELP tailsift_rule_hits_total Traces decided by each rule since the rules were loaded\n# TYPE tailsift_rule_hits_total counter\n");
+    for r in snapshot.rules() {
+        out.push_str(&format!(
+            "tailsift_rule_hits_total{{rule=\"{}\",tenant=\"{}\"}} {}\n",
+            escape_label(r.rule.name()),
+            escape_label(r.tenant.unwrap_or("")),
+            r.hits
+        ));
+    }
+    let now_ms = unix_ms(SystemTime::now());
+    out.push_str(&format!(
+        "# HELP tailsift_tenant_tags Tenants currently tagged for 100% retention\n# TYPE tailsift_tenant_tags gauge\ntailsift_tenant_tags {}\n",
+        s.tags.snapshot().active(now_ms).count()
+    ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// Escapes a Prometheus label value.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn unix_seconds(t: Option<std::time::SystemTime>) -> Option<u64> {
@@ -72,26 +116,239 @@ async fn rules(State(s): State<AdminState>) -> Json<serde_json::Value> {
         "source": status.source,
         "source_hash": format!("{:016x}", snapshot.source_hash()),
         "loaded_at_unix": unix_seconds(status.loaded_at),
+        "last_trigger": status.last_trigger.map(|t| t.as_str()),
+        "reloads": status.reloads,
+        "failures": status.failures,
+        "failing": status.failing,
         "rules": snapshot.rules().map(|r| serde_json::json!({
             "name": r.rule.name(),
             "tenant": r.tenant,
             "action": r.rule.action().to_string(),
+            "line": r.rule.line(),
+            "hits": r.hits,
         })).collect::<Vec<_>>(),
+        "unmatched_hits": snapshot.unmatched_hits(),
         "warnings": snapshot.warnings().iter().map(|w| w.to_string()).collect::<Vec<_>>(),
-        "last_error": status.last_error.as_ref().map(|(at, msg)| serde_json::json!({
-            "at_unix": unix_seconds(Some(*at)),
-            "message": msg,
+        "last_error": status.last_error.as_ref().map(failure_json),
+        "shadow": status.shadow_source.as_ref().map(|source| serde_json::json!({
+            "source": source,
+            "loaded_at_unix": unix_seconds(status.shadow_loaded_at),
+            "last_error": status.shadow_last_error.as_ref().map(failure_json),
         })),
     }))
 }
 
+fn failure_json(f: &ReloadFailure) -> serde_json::Value {
+    serde_json::json!({
+        "at_unix": unix_seconds(Some(f.at)),
+        "trigger": f.trigger.as_str(),
+        "file": f.file,
+        "line": f.line,
+        "message": f.message,
+        "diagnostics": f.diagnostics.iter().map(|d| serde_json::json!({
+            "file": d.file,
+            "line": d.line,
+            "column": d.column,
+            "message": d.message,
+            "hint": d.hint,
+        })).collect::<Vec<_>>(),
+    })
+}
+
 async fn reload(State(s): State<AdminState>) -> Response {
-    match s.rules.reload() {
-        Ok(()) => (StatusCode::OK, Json(serde_json::json!({"reloaded": true}))).into_response(),
-        Err(e) => (
+    // Reading and compiling the file is blocking work.
+    let rules = s.rules.clone();
+    let result = tokio::task::spawn_blocking(move || rules.reload(Trigger::Api)).await;
+    match result {
+        Ok(Ok(())) => (StatusCode::OK, Json(serde_json::json!({"reloaded": true}))).into_response(),
+        Ok(Err(e)) => (
             StatusCode::UNPROCESSABLE_ENTITY,
             Json(serde_json::json!({"reloaded": false, "error": e.to_string()})),
         )
             .into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("reload task failed: {e}"),
+        ),
     }
+}
+
+fn error(code: StatusCode, message: &str) -> Response {
+    (code, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+async fn shadow(State(s): State<AdminState>) -> Response {
+    let status = s.rules.status();
+    let Some(source) = status.shadow_source else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no shadow rules configured (set [rules] shadow_file)",
+        );
+    };
+    let report = s.shadow.report();
+    let current = s.rules.shadow_snapshot().map(|r| r.source_hash());
+    // Counts of an older shadow set are stale once a new one is loaded and nothing was decided.
+    let tenants = if report.shadow_hash.is_some() && report.shadow_hash == current {
+        report.tenants
+    } else {
+        Default::default()
+    };
+    Json(serde_json::json!({
+        "source": source,
+        "source_hash": current.map(|h| format!("{h:016x}")),
+        "loaded_at_unix": unix_seconds(status.shadow_loaded_at),
+        "tenants": tenants.iter().map(|(tenant, c)| serde_json::json!({
+            "tenant": tenant,
+            "decided": c.decided,
+            "kept_live": c.kept_live,
+            "kept_shadow": c.kept_shadow,
+            "differ": c.differ,
+            "live_keep_rate": c.live_keep_rate(),
+            "shadow_keep_rate": c.shadow_keep_rate(),
+        })).collect::<Vec<_>>(),
+    }))
+    .into_response()
+}
+
+/// Body of `PUT /api/v1/tenants/{id}/tag`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagRequest {
+    /// Must be true (the only tag today); default true.
+    #[serde(default = "yes")]
+    pub keep_all: bool,
+    /// How long the tag lasts (`"2h"`, `"30m"`); absent = until removed.
+    #[serde(rename = "for", default)]
+    pub duration: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn tag_json(tenant: &str, tag: &TenantTag, now_ms: u64) -> serde_json::Value {
+    serde_json::json!({
+        "tenant": tenant,
+        "keep_all": tag.keep_all,
+        "set_at_unix_ms": tag.set_at_unix_ms,
+        "expires_at_unix_ms": tag.expires_at_unix_ms,
+        "expires_in_seconds": tag.expires_at_unix_ms.map(|e| e.saturating_sub(now_ms) / 1000),
+    })
+}
+
+fn tags_error(e: TagsError) -> Response {
+    match e {
+        TagsError::BadTenant(_) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+        other => {
+            tracing::error!(error = %other, "cannot persist tenant tags");
+            error(StatusCode::INTERNAL_SERVER_ERROR, &other.to_string())
+        }
+    }
+}
+
+async fn tag(
+    State(s): State<AdminState>,
+    Path(tenant): Path<String>,
+    Json(body): Json<TagRequest>,
+) -> Response {
+    if !body.keep_all {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "keep_all must be true; to remove a tag use DELETE /api/v1/tenants/{id}/tag",
+        );
+    }
+    let duration = match body.duration.as_deref().map(crate::config::parse_duration) {
+        None => None,
+        Some(Ok(d)) if !d.is_zero() => Some(d),
+        Some(Ok(_)) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "\"for\" must be longer than zero",
+            )
+        }
+        Some(Err(e)) => return error(StatusCode::UNPROCESSABLE_ENTITY, &format!("\"for\": {e}")),
+    };
+    let tags = s.tags.clone();
+    let now = SystemTime::now();
+    let name = tenant.clone();
+    // The state file is written and synced before the new tag is live.
+    match tokio::task::spawn_blocking(move || tags.set(&name, duration, now)).await {
+        Ok(Ok(tag)) => Json(tag_json(&tenant, &tag, unix_ms(now))).into_response(),
+        Ok(Err(e)) => tags_error(e),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("tag task failed: {e}"),
+        ),
+    }
+}
+
+async fn untag(State(s): State<AdminState>, Path(tenant): Path<String>) -> Response {
+    let tags = s.tags.clone();
+    let name = tenant.clone();
+    match tokio::task::spawn_blocking(move || tags.remove(&name, SystemTime::now())).await {
+        Ok(Ok(removed)) => {
+            Json(serde_json::json!({"tenant": tenant, "removed": removed})).into_response()
+        }
+        Ok(Err(e)) => tags_error(e),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("untag task failed: {e}"),
+        ),
+    }
+}
+
+async fn list_tags(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    let now_ms = unix_ms(SystemTime::now());
+    let snapshot = s.tags.snapshot();
+    Json(serde_json::json!({
+        "tags": snapshot.active(now_ms).map(|(t, tag)| tag_json(t, tag, now_ms)).collect::<Vec<_>>(),
+    }))
+}
+
+/// A sampler's learned per-key rates, merged across shards (404 for an unknown sampler).
+async fn sampler(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    let rules = s.rules.snapshot();
+    let Some(spec) = rules.sampler_specs().get(&name) else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": format!("no sampler `{name}` in the live rules")})),
+        )
+            .into_response();
+    };
+    let split = |k: &str| -> Vec<String> {
+        k.split(crate::rules::KEY_SEPARATOR)
+            .map(str::to_string)
+            .collect()
+    };
+    let merged = s.samplers.merged(&name);
+    let body = match merged {
+        // Declared, but no shard has finished an adjustment interval with it yet.
+        None => serde_json::json!({
+            "name": name,
+            "type": spec.type_name(),
+            "shards_reporting": 0,
+            "keys": [],
+        }),
+        Some(m) => serde_json::json!({
+            "name": name,
+            "type": m.type_name,
+            "key_fields": m.key_fields,
+            "shards_reporting": m.shards,
+            "key_count": m.key_count,
+            "overflow_traces": m.overflow_traces,
+            "keys": m.keys.iter().map(|k| serde_json::json!({
+                "key": split(&k.key),
+                "traces_per_sec": k.traces_per_sec,
+                "sample_rate": k.rate,
+                "traces": k.traces,
+            })).collect::<Vec<_>>(),
+            "tenants": m.tenants.iter().map(|t| serde_json::json!({
+                "tenant": t.tenant,
+                "weight": t.weight,
+                "traces_per_sec": t.traces_per_sec,
+                "share_per_sec": t.share_per_sec,
+            })).collect::<Vec<_>>(),
+        }),
+    };
+    Json(body).into_response()
 }

@@ -6,17 +6,19 @@ pub mod table;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::decide::Decider;
 use crate::model::{DropReason, KeptSpans, SpanRecord, TraceId, TraceStatus};
 use crate::rules::RuleSet;
-use crate::stats::tenant::{unix_now, Tally};
+use crate::shadow::{ShadowStats, Tally};
+use crate::stats::tenant::{unix_now, Tally as TenantTally};
 use crate::stats::Stats;
+use crate::tags::{unix_ms, TagTable};
 use table::{Occupancy, Ready, Table};
 
 pub use table::Limits;
@@ -42,21 +44,47 @@ pub enum ShardMsg {
 /// How often a shard merges its local per-tenant tally into the shared table.
 pub const TALLY_FLUSH_EVERY: Duration = Duration::from_secs(1);
 
+/// What every decision reads, shared by all shards; each batch loads one snapshot of each.
+#[derive(Clone)]
+pub struct DecideInputs {
+    /// The live rules.
+    pub rules: Arc<ArcSwap<RuleSet>>,
+    /// Shadow rules evaluated beside the live ones (empty when none are configured).
+    pub shadow: Arc<ArcSwapOption<RuleSet>>,
+    /// Runtime tenant tags, above the rules in precedence.
+    pub tags: Arc<TagTable>,
+    /// Where shadow outcomes are counted.
+    pub shadow_stats: Arc<ShadowStats>,
+}
+
+impl DecideInputs {
+    /// Inputs with only live rules: no shadow rules, no tags.
+    pub fn rules_only(rules: Arc<ArcSwap<RuleSet>>) -> DecideInputs {
+        DecideInputs {
+            rules,
+            shadow: Arc::new(ArcSwapOption::empty()),
+            tags: Arc::new(TagTable::in_memory()),
+            shadow_stats: Arc::new(ShadowStats::default()),
+        }
+    }
+}
+
 /// Runs one shard until its intake closes, then decides everything it still holds.
 pub async fn run_shard(
     mut table: Table,
     mut intake: mpsc::Receiver<ShardMsg>,
     mut stop: watch::Receiver<bool>,
-    rules: Arc<ArcSwap<RuleSet>>,
+    inputs: DecideInputs,
+    mut decider: Decider,
     sink: Arc<dyn KeptSink>,
     stats: Arc<Stats>,
 ) {
-    let mut decider = Decider::default();
+    let mut shadow_decider = decider.detached();
     let mut ready = Vec::new();
     let mut last = Occupancy::default();
     let mut stopping = false;
     // Per-tenant counts stay local (no lock, no atomics) and are merged about once a second.
-    let mut tally = Tally::new(stats.tenants.max_tenants());
+    let mut tally = TenantTally::new(stats.tenants.max_tenants());
     let mut flushed_at = Instant::now();
     loop {
         let deadline = table.next_deadline();
@@ -89,7 +117,8 @@ pub async fn run_shard(
             &mut table,
             &mut ready,
             &mut decider,
-            &rules,
+            &mut shadow_decider,
+            &inputs,
             &*sink,
             &stats,
             &mut tally,
@@ -106,7 +135,8 @@ pub async fn run_shard(
         &mut table,
         &mut ready,
         &mut decider,
-        &rules,
+        &mut shadow_decider,
+        &inputs,
         &*sink,
         &stats,
         &mut tally,
@@ -117,7 +147,7 @@ pub async fn run_shard(
 
 /// Counts a batch's spans per tenant: one tally update per run of spans of the same tenant
 /// (spans of one request's resource arrive together), not one per span.
-fn count_received(tally: &mut Tally, batch: &[SpanRecord]) {
+fn count_received(tally: &mut TenantTally, batch: &[SpanRecord]) {
     let mut i = 0;
     while i < batch.len() {
         let origin = &batch[i].origin;
@@ -153,25 +183,38 @@ fn report(table: &Table, last: Occupancy, stats: &Stats) -> Occupancy {
     now
 }
 
-/// Decides ready traces and routes late spans, with one rule-set snapshot for the lot.
+/// Decides ready traces and routes late spans, with one snapshot of the rules, the shadow
+/// rules, the tenant tags and the clock for the lot.
+// Every argument is a separate borrow of the shard loop's own state; a struct would only
+// rename them.
+#[allow(clippy::too_many_arguments)]
 fn settle(
     table: &mut Table,
     ready: &mut Vec<Ready>,
     decider: &mut Decider,
-    rules: &ArcSwap<RuleSet>,
+    shadow_decider: &mut Decider,
+    inputs: &DecideInputs,
     sink: &dyn KeptSink,
     stats: &Stats,
-    tally: &mut Tally,
+    tally: &mut TenantTally,
 ) {
     if ready.is_empty() {
         return;
     }
-    let rules = rules.load();
+    let rules = inputs.rules.load();
+    let shadow = inputs.shadow.load();
+    let tags = inputs.tags.snapshot();
+    let now_ms = unix_ms(SystemTime::now());
     let now = Instant::now();
+    let mut shadow_tally = Tally::default();
     for item in ready.drain(..) {
         match item {
             Ready::Trace { trace, first_seen } => {
-                let decision = decider.decide(&trace, &rules);
+                let decision = decider.decide_tagged(&trace, &rules, &tags, now_ms);
+                if let Some(shadow) = &*shadow {
+                    let would = shadow_decider.decide_tagged(&trace, shadow, &tags, now_ms);
+                    shadow_tally.add(&trace.tenant, decision.keep, would.keep);
+                }
                 stats.traces_decided.fetch_add(1, Relaxed);
                 stats.decided_by(trace.cause, 1);
                 let n = trace.spans.len() as u64;
@@ -192,6 +235,11 @@ fn settle(
                 hand_on(sink, stats, tenant, decision, spans);
             }
         }
+    }
+    if let Some(shadow) = &*shadow {
+        inputs
+            .shadow_stats
+            .merge(shadow.source_hash(), &mut shadow_tally);
     }
 }
 

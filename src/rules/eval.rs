@@ -116,7 +116,7 @@ pub(crate) fn compile(e: &Expr) -> Node {
     }
 }
 
-fn operand(f: &Field) -> Operand {
+pub(crate) fn operand(f: &Field) -> Operand {
     match f {
         Field::Tenant => Operand::Tenant,
         Field::TraceDuration => Operand::TraceDuration,

@@ -11,6 +11,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::parser::{parse_expr, ExprError};
+use super::sampler::{parse_duration, EmaSpec, KeyFields, SamplerSpec};
 use super::{eval, Action, Condition, Diagnostic, Rule, RulesError};
 
 /// The validated content of a rules file.
@@ -18,6 +19,7 @@ pub(crate) struct Parsed {
     pub global: Vec<Rule>,
     pub tenants: BTreeMap<String, Vec<Rule>>,
     pub samplers: BTreeMap<String, toml::Table>,
+    pub specs: BTreeMap<String, SamplerSpec>,
     pub warnings: Vec<Diagnostic>,
 }
 
@@ -89,6 +91,7 @@ pub(crate) fn parse(src: &str, origin: &str) -> Result<Parsed, RulesError> {
     };
 
     let mut samplers: HashMap<String, bool> = HashMap::new();
+    let mut specs: BTreeMap<String, (SamplerSpec, usize)> = BTreeMap::new();
     let mut global_list = None;
     let mut tenant_lists = Vec::new();
     for (key, value) in doc.get_ref().iter() {
@@ -155,7 +158,11 @@ pub(crate) fn parse(src: &str, origin: &str) -> Result<Parsed, RulesError> {
                                 format!("sampler `{}`: `type` must be a string", name.get_ref()),
                                 None,
                             ),
-                            Some(_) => {}
+                            Some(_) => {
+                                if let Some(spec) = sampler_spec(&mut sink, name.get_ref(), t, at) {
+                                    specs.insert(name.get_ref().to_string(), (spec, at));
+                                }
+                            }
                         },
                     }
                     samplers.insert(name.get_ref().to_string(), false);
@@ -167,6 +174,37 @@ pub(crate) fn parse(src: &str, origin: &str) -> Result<Parsed, RulesError> {
                 &["rule", "tenant", "sampler"],
                 "top-level entries are [[rule]], [tenant.\"<id>\"] and [sampler.<name>]",
             ),
+        }
+    }
+
+    // `within_tenant` must name an EMA sampler of the same file.
+    for (name, (spec, at)) in &specs {
+        let SamplerSpec::TenantFair {
+            within_tenant: Some(within),
+            ..
+        } = spec
+        else {
+            continue;
+        };
+        match specs.get(within) {
+            Some((SamplerSpec::EmaDynamic { .. } | SamplerSpec::EmaThroughput { .. }, _)) => {}
+            Some(_) => sink.error(
+                *at,
+                format!("sampler `{name}`: within_tenant = \"{within}\" is a tenant_fair sampler"),
+                Some("within_tenant names an ema_dynamic or ema_throughput sampler"),
+            ),
+            None if samplers.contains_key(within) => {}
+            None => sink.error(
+                *at,
+                format!("sampler `{name}`: within_tenant names no sampler `{within}`"),
+                Some(
+                    "define [sampler.<name>] with type = \"ema_dynamic\", or remove within_tenant",
+                ),
+            ),
+        }
+        // Used through the tenant_fair sampler: not an unused-sampler warning.
+        if let Some(used) = samplers.get_mut(within) {
+            *used = true;
         }
     }
 
@@ -236,6 +274,7 @@ pub(crate) fn parse(src: &str, origin: &str) -> Result<Parsed, RulesError> {
         global,
         tenants,
         samplers: raw,
+        specs: specs.into_iter().map(|(k, (spec, _))| (k, spec)).collect(),
         warnings: sink.warnings,
     })
 }
@@ -523,4 +562,325 @@ fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+const EMA_KEYS: [&str; 6] = [
+    "type",
+    "goal_sample_rate",
+    "key",
+    "adjustment_interval",
+    "weight",
+    "max_keys",
+];
+const THROUGHPUT_KEYS: [&str; 6] = [
+    "type",
+    "goal_traces_per_sec",
+    "key",
+    "adjustment_interval",
+    "weight",
+    "max_keys",
+];
+const FAIR_KEYS: [&str; 8] = [
+    "type",
+    "goal_traces_per_sec",
+    "min_per_tenant",
+    "weights",
+    "within_tenant",
+    "adjustment_interval",
+    "weight",
+    "max_tenants",
+];
+/// Sampler types, as written in `type`.
+const SAMPLER_TYPES: [&str; 3] = ["ema_dynamic", "ema_throughput", "tenant_fair"];
+
+/// A TOML integer or float as f64.
+fn number(v: &DeValue<'_>) -> Option<f64> {
+    match v {
+        DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+            .ok()
+            .map(|i| i as f64),
+        DeValue::Float(f) => f.as_str().replace('_', "").parse().ok(),
+        _ => None,
+    }
+}
+
+/// Reads and checks one `[sampler.<name>]` table (its `type` is a string); `None` when it has
+/// errors (reported, each naming the sampler).
+fn sampler_spec(
+    sink: &mut Sink<'_>,
+    name: &str,
+    table: &Table<'_>,
+    header: usize,
+) -> Option<SamplerSpec> {
+    let errors_before = sink.errors.len();
+    let get = |k: &str| table.iter().find(|(key, _)| key.get_ref().as_ref() == k);
+    let (_, type_value) = get("type")?;
+    let ty = type_value.get_ref().as_str()?.to_string();
+    let valid: &[&str] = match ty.as_str() {
+        "ema_dynamic" => &EMA_KEYS,
+        "ema_throughput" => &THROUGHPUT_KEYS,
+        "tenant_fair" => &FAIR_KEYS,
+        _ => {
+            let close = SAMPLER_TYPES
+                .iter()
+                .map(|t| (edit_distance(&ty, t), t))
+                .filter(|(d, _)| *d <= 3)
+                .min();
+            let hint = match close {
+                Some((_, t)) => format!(
+                    "did you mean \"{t}\"? types are {}",
+                    SAMPLER_TYPES.join(", ")
+                ),
+                None => format!("types are {}", SAMPLER_TYPES.join(", ")),
+            };
+            sink.error(
+                type_value.span().start,
+                format!("sampler `{name}`: unknown type \"{ty}\""),
+                Some(&hint),
+            );
+            return None;
+        }
+    };
+    let mut entries: Vec<_> = table.iter().collect();
+    entries.sort_by_key(|(k, _)| k.span().start);
+    for (key, _) in &entries {
+        if !valid.contains(&key.get_ref().as_ref()) {
+            let k = key.get_ref().as_ref();
+            let close = valid
+                .iter()
+                .map(|v| (edit_distance(k, v), v))
+                .filter(|(d, _)| *d <= 2)
+                .min();
+            let hint = match close {
+                Some((_, v)) => format!(
+                    "did you mean `{v}`? a {ty} sampler has {}",
+                    valid.join(", ")
+                ),
+                None => format!("a {ty} sampler has {}", valid.join(", ")),
+            };
+            sink.error(
+                key.span().start,
+                format!("sampler `{name}`: unknown setting `{k}`"),
+                Some(&hint),
+            );
+        }
+    }
+
+    // A number setting, checked by `ok` (`what` says what is allowed).
+    let number_setting = |sink: &mut Sink<'_>,
+                          key: &str,
+                          ok: fn(f64) -> bool,
+                          what: &str,
+                          default: Option<f64>,
+                          hint: &str| match get(key) {
+        None => {
+            if default.is_none() {
+                sink.error(
+                    header,
+                    format!("sampler `{name}`: `{key}` is required for type \"{ty}\""),
+                    Some(hint),
+                );
+            }
+            default
+        }
+        Some((_, v)) => match number(v.get_ref()) {
+            Some(x) if x.is_finite() && ok(x) => Some(x),
+            _ => {
+                sink.error(
+                    v.span().start,
+                    format!("sampler `{name}`: `{key}` must be {what}"),
+                    Some(hint),
+                );
+                None
+            }
+        },
+    };
+
+    let key = match get("key") {
+        None => Some(KeyFields::default_key()),
+        Some((_, v)) => {
+            let names: Option<Vec<String>> = v.get_ref().as_array().and_then(|a| {
+                a.iter()
+                    .map(|f| f.get_ref().as_str().map(str::to_string))
+                    .collect()
+            });
+            match names {
+                Some(names) if !names.is_empty() => match KeyFields::compile(&names) {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        sink.error(
+                            v.span().start,
+                            format!("sampler `{name}`: {e}"),
+                            Some("key fields are tenant, root.name, root.status, root.kind, root.<attribute> and trace counts"),
+                        );
+                        None
+                    }
+                },
+                _ => {
+                    sink.error(
+                        v.span().start,
+                        format!("sampler `{name}`: `key` must be a non-empty array of field names"),
+                        Some("key = [\"tenant\", \"root.service.name\", \"root.http.route\"]"),
+                    );
+                    None
+                }
+            }
+        }
+    };
+    let adjustment_interval = match get("adjustment_interval") {
+        None => Some(std::time::Duration::from_secs(15)),
+        Some((_, v)) => match v.get_ref().as_str().and_then(parse_duration) {
+            Some(d) if d >= std::time::Duration::from_millis(100) => Some(d),
+            _ => {
+                sink.error(
+                    v.span().start,
+                    format!("sampler `{name}`: `adjustment_interval` must be a duration of at least 100ms"),
+                    Some("adjustment_interval = \"15s\" (units: ms, s, m, h)"),
+                );
+                None
+            }
+        },
+    };
+    let weight = match get("weight") {
+        None => Some(0.5),
+        Some((_, v)) => match number(v.get_ref()) {
+            Some(w) if w > 0.0 && w <= 1.0 => Some(w),
+            _ => {
+                sink.error(
+                    v.span().start,
+                    format!("sampler `{name}`: `weight` must be a number in (0, 1]"),
+                    Some("weight = 0.5 weighs the newest interval as much as all earlier ones"),
+                );
+                None
+            }
+        },
+    };
+    let limit_key = if ty == "tenant_fair" {
+        "max_tenants"
+    } else {
+        "max_keys"
+    };
+    let max_keys = match get(limit_key) {
+        None => Some(10_000),
+        Some((_, v)) => match v
+            .get_ref()
+            .as_integer()
+            .and_then(|i| i64::from_str_radix(i.as_str(), i.radix()).ok())
+        {
+            Some(n) if n >= 1 => Some(n as usize),
+            _ => {
+                sink.error(
+                    v.span().start,
+                    format!("sampler `{name}`: `{limit_key}` must be an integer ≥ 1"),
+                    Some(&format!("{limit_key} = 10000")),
+                );
+                None
+            }
+        },
+    };
+
+    let spec = match ty.as_str() {
+        "ema_dynamic" => number_setting(
+            sink,
+            "goal_sample_rate",
+            |x| x >= 1.0,
+            "a number ≥ 1",
+            None,
+            "goal_sample_rate = 20 keeps about 1 trace in 20",
+        )
+        .map(|g| (g, 0.0, BTreeMap::new(), None)),
+        "ema_throughput" => number_setting(
+            sink,
+            "goal_traces_per_sec",
+            |x| x > 0.0,
+            "a number > 0",
+            None,
+            "goal_traces_per_sec = 500",
+        )
+        .map(|g| (g, 0.0, BTreeMap::new(), None)),
+        _ => {
+            let goal = number_setting(
+                sink,
+                "goal_traces_per_sec",
+                |x| x > 0.0,
+                "a number > 0",
+                None,
+                "goal_traces_per_sec = 1000",
+            );
+            let min = number_setting(
+                sink,
+                "min_per_tenant",
+                |x| x >= 0.0,
+                "a number ≥ 0",
+                Some(1.0),
+                "min_per_tenant = 5",
+            );
+            let mut weights = BTreeMap::new();
+            if let Some((_, v)) = get("weights") {
+                match v.get_ref().as_table() {
+                    Some(t) => {
+                        for (tenant, w) in t.iter() {
+                            match number(w.get_ref()) {
+                                Some(x) if x > 0.0 && x.is_finite() => {
+                                    weights.insert(tenant.get_ref().to_string(), x);
+                                }
+                                _ => sink.error(
+                                    w.span().start,
+                                    format!("sampler `{name}`: the weight of tenant \"{}\" must be a positive number", tenant.get_ref()),
+                                    Some("weights = { acme = 4 } gives acme 4 shares; others have 1"),
+                                ),
+                            }
+                        }
+                    }
+                    None => sink.error(
+                        v.span().start,
+                        format!("sampler `{name}`: `weights` must be a table of tenant = number"),
+                        Some("weights = { acme = 4 }"),
+                    ),
+                }
+            }
+            let within = match get("within_tenant") {
+                None => None,
+                Some((_, v)) => match v.get_ref().as_str() {
+                    Some(w) => Some(w.to_string()),
+                    None => {
+                        sink.error(
+                            v.span().start,
+                            format!("sampler `{name}`: `within_tenant` must be a sampler name"),
+                            Some("within_tenant = \"per-key\""),
+                        );
+                        None
+                    }
+                },
+            };
+            goal.zip(min).map(|(g, m)| (g, m, weights, within))
+        }
+    };
+    if sink.errors.len() > errors_before {
+        return None;
+    }
+    let (goal, min_per_tenant, weights, within_tenant) = spec?;
+    let ema = EmaSpec {
+        key: key?,
+        adjustment_interval: adjustment_interval?,
+        weight: weight?,
+        max_keys: max_keys?,
+    };
+    Some(match ty.as_str() {
+        "ema_dynamic" => SamplerSpec::EmaDynamic {
+            goal_sample_rate: goal,
+            ema,
+        },
+        "ema_throughput" => SamplerSpec::EmaThroughput {
+            goal_traces_per_sec: goal,
+            ema,
+        },
+        _ => SamplerSpec::TenantFair {
+            goal_traces_per_sec: goal,
+            min_per_tenant,
+            weights,
+            within_tenant,
+            ema,
+        },
+    })
 }

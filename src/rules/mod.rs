@@ -19,15 +19,18 @@ mod eval;
 mod file;
 mod lexer;
 mod parser;
+mod sampler;
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 pub use ast::{CmpOp, Expr, Field, Literal, Pattern, Scope, SpanField, TextOp};
 pub use parser::{parse_expr, ExprError};
+pub use sampler::{EmaSpec, KeyFields, SamplerSpec, DEFAULT_KEY, KEY_SEPARATOR};
 
 /// An attribute value as the proxy found it in OTLP `AnyValue` (other kinds: `None`).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -139,6 +142,8 @@ pub struct Verdict<'a> {
     pub rule: Option<&'a str>,
     /// What to do; `Sample { rate: 1 }` when no rule matched.
     pub action: &'a Action,
+    /// The matching rule's position in [`RuleSet::rules`] order (for hit counts).
+    pub index: Option<usize>,
 }
 
 /// A located problem in a rules file (an error, or a warning in [`RuleSet::warnings`]).
@@ -316,6 +321,8 @@ pub struct RuleInfo<'a> {
     pub tenant: Option<&'a str>,
     /// The rule.
     pub rule: &'a Rule,
+    /// Traces this rule decided since the rule set was loaded (see [`RuleSet::record_hit`]).
+    pub hits: u64,
 }
 
 /// A rule tried before the winner, and why it did not match.
@@ -362,10 +369,45 @@ impl fmt::Display for Explanation {
 #[derive(Clone, Debug)]
 pub struct RuleSet {
     global: Vec<Rule>,
-    tenants: BTreeMap<String, Vec<Rule>>,
+    tenants: BTreeMap<String, TenantRules>,
     samplers: BTreeMap<String, toml::Table>,
+    specs: BTreeMap<String, SamplerSpec>,
     warnings: Vec<Diagnostic>,
     source_hash: u64,
+    hits: Hits,
+}
+
+/// One tenant's rules and where they start in [`RuleSet::rules`] order.
+#[derive(Clone, Debug)]
+struct TenantRules {
+    base: usize,
+    rules: Vec<Rule>,
+}
+
+/// Per-rule hit counters owned by one rule-set snapshot: one relaxed atomic add per decision,
+/// no lock. Slot `len` counts traces no rule matched. A clone starts from the same counts but
+/// counts on its own.
+#[derive(Debug)]
+struct Hits(Box<[AtomicU64]>);
+
+impl Hits {
+    fn new(rules: usize) -> Hits {
+        Hits((0..=rules).map(|_| AtomicU64::new(0)).collect())
+    }
+    fn get(&self, i: usize) -> u64 {
+        self.0.get(i).map_or(0, |c| c.load(Relaxed))
+    }
+}
+
+impl Clone for Hits {
+    fn clone(&self) -> Hits {
+        Hits(
+            self.0
+                .iter()
+                .map(|c| AtomicU64::new(c.load(Relaxed)))
+                .collect(),
+        )
+    }
 }
 
 /// The shipped default rules, also the built-in rule set.
@@ -375,13 +417,43 @@ impl RuleSet {
     /// Parse and validate a rules file's text; `origin` names the file in diagnostics.
     pub fn parse(src: &str, origin: &str) -> Result<RuleSet, RulesError> {
         let parsed = file::parse(src, origin)?;
-        Ok(RuleSet {
-            global: parsed.global,
-            tenants: parsed.tenants,
-            samplers: parsed.samplers,
-            warnings: parsed.warnings,
-            source_hash: fnv1a(src.as_bytes()),
-        })
+        Ok(Self::assemble(
+            parsed.global,
+            parsed.tenants,
+            parsed.samplers,
+            parsed.specs,
+            parsed.warnings,
+            fnv1a(src.as_bytes()),
+        ))
+    }
+
+    /// Numbers the rules in [`rules`](Self::rules) order and sizes the hit counters.
+    fn assemble(
+        global: Vec<Rule>,
+        tenants: BTreeMap<String, Vec<Rule>>,
+        samplers: BTreeMap<String, toml::Table>,
+        specs: BTreeMap<String, SamplerSpec>,
+        warnings: Vec<Diagnostic>,
+        source_hash: u64,
+    ) -> RuleSet {
+        let mut next = global.len();
+        let tenants: BTreeMap<String, TenantRules> = tenants
+            .into_iter()
+            .map(|(t, rules)| {
+                let base = next;
+                next += rules.len();
+                (t, TenantRules { base, rules })
+            })
+            .collect();
+        RuleSet {
+            global,
+            tenants,
+            samplers,
+            specs,
+            warnings,
+            source_hash,
+            hits: Hits::new(next),
+        }
     }
 
     /// Read and parse a file (I/O errors are `RulesError::Io`).
@@ -393,7 +465,7 @@ impl RuleSet {
         let set = Self::parse(&src, &path.display().to_string())?;
         tracing::debug!(
             path = %path.display(),
-            rules = set.global.len() + set.tenants.values().map(Vec::len).sum::<usize>(),
+            rules = set.hits.0.len() - 1,
             warnings = set.warnings.len(),
             "rules loaded"
         );
@@ -408,48 +480,74 @@ impl RuleSet {
             // if it somehow did, keeping everything is the safe fallback.
             Err(e) => {
                 tracing::error!(error = %e, "built-in rules are invalid; keeping every trace");
-                RuleSet {
-                    global: Vec::new(),
-                    tenants: BTreeMap::new(),
-                    samplers: BTreeMap::new(),
-                    warnings: Vec::new(),
-                    source_hash: fnv1a(DEFAULT_RULES.as_bytes()),
-                }
+                Self::assemble(
+                    Vec::new(),
+                    BTreeMap::new(),
+                    BTreeMap::new(),
+                    BTreeMap::new(),
+                    Vec::new(),
+                    fnv1a(DEFAULT_RULES.as_bytes()),
+                )
             }
         }
     }
 
-    /// The rules tried for a tenant, in order: its own, then the global ones.
-    fn candidates<'s>(&'s self, tenant: &str) -> impl Iterator<Item = (Option<&'s str>, &'s Rule)> {
+    /// The rules tried for a tenant, in order: its own, then the global ones; each with its
+    /// position in [`rules`](Self::rules) order.
+    fn candidates<'s>(
+        &'s self,
+        tenant: &str,
+    ) -> impl Iterator<Item = (usize, Option<&'s str>, &'s Rule)> {
         let own = self.tenants.get_key_value(tenant);
         own.into_iter()
-            .flat_map(|(t, rules)| rules.iter().map(move |r| (Some(t.as_str()), r)))
-            .chain(self.global.iter().map(|r| (None, r)))
+            .flat_map(|(t, own)| {
+                own.rules
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, r)| (own.base + i, Some(t.as_str()), r))
+            })
+            .chain(self.global.iter().enumerate().map(|(i, r)| (i, None, r)))
     }
 
     /// First matching rule wins: tenant-specific rules of the trace's tenant first, then
     /// global ones; no match keeps the trace (`Sample { rate: 1 }`, rule `None`).
     pub fn evaluate<T: TraceView>(&self, trace: &T) -> Verdict<'_> {
         let ctx = eval::Ctx::new(trace);
-        for (_, rule) in self.candidates(trace.tenant()) {
+        for (index, _, rule) in self.candidates(trace.tenant()) {
             if rule.matches(&ctx) {
                 return Verdict {
                     rule: Some(&rule.name),
                     action: &rule.action,
+                    index: Some(index),
                 };
             }
         }
         Verdict {
             rule: None,
             action: &KEEP_ALL,
+            index: None,
         }
+    }
+
+    /// Counts a verdict of this rule set against its rule (or against "no rule matched");
+    /// the decider calls it once per decided trace.
+    pub fn record_hit(&self, verdict: &Verdict<'_>) {
+        let slot = verdict.index.unwrap_or(self.hits.0.len() - 1);
+        if let Some(c) = self.hits.0.get(slot) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Traces no rule matched since the rule set was loaded.
+    pub fn unmatched_hits(&self) -> u64 {
+        self.hits.get(self.hits.0.len() - 1)
     }
 
     /// Same decision as [`evaluate`](Self::evaluate), plus why each earlier rule did not match.
     pub fn explain<T: TraceView>(&self, trace: &T) -> Explanation {
         let ctx = eval::Ctx::new(trace);
         let mut misses = Vec::new();
-        for (tenant, rule) in self.candidates(trace.tenant()) {
+        for (_, tenant, rule) in self.candidates(trace.tenant()) {
             if rule.matches(&ctx) {
                 return Explanation {
                     rule: Some(rule.name.clone()),
@@ -474,18 +572,29 @@ impl RuleSet {
     pub fn rules(&self) -> impl Iterator<Item = RuleInfo<'_>> + '_ {
         self.global
             .iter()
-            .map(|rule| RuleInfo { tenant: None, rule })
-            .chain(self.tenants.iter().flat_map(|(t, rules)| {
-                rules.iter().map(move |rule| RuleInfo {
+            .enumerate()
+            .map(|(i, rule)| RuleInfo {
+                tenant: None,
+                rule,
+                hits: self.hits.get(i),
+            })
+            .chain(self.tenants.iter().flat_map(move |(t, own)| {
+                own.rules.iter().enumerate().map(move |(i, rule)| RuleInfo {
                     tenant: Some(t.as_str()),
                     rule,
+                    hits: self.hits.get(own.base + i),
                 })
             }))
     }
 
-    /// The raw `[sampler.<name>]` tables (each has a string `type`); typed in a later issue.
+    /// The raw `[sampler.<name>]` tables (each has a string `type`).
     pub fn samplers(&self) -> &BTreeMap<String, toml::Table> {
         &self.samplers
+    }
+
+    /// The validated sampler declarations, by name.
+    pub fn sampler_specs(&self) -> &BTreeMap<String, SamplerSpec> {
+        &self.specs
     }
 
     /// Non-fatal findings, such as rules that can never match.

@@ -71,6 +71,24 @@ pub fn parse_expr(src: &str) -> Result<Expr, Vec<ExprError>> {
     }
 }
 
+/// Parses a lone field name (`tenant`, `root.http.route`, `trace.span_count`), as sampler
+/// keys name them; the error is the first problem found.
+pub(crate) fn parse_field(src: &str) -> Result<Field, String> {
+    let tokens = lex(src).map_err(|e| e.message)?;
+    let mut p = Parser {
+        tokens,
+        pos: 0,
+        errors: Vec::new(),
+        depth: 0,
+        operators: 0,
+    };
+    let field = p.field().map_err(|e| e.message)?;
+    match &p.peek().tok {
+        Tok::Eof => Ok(field),
+        _ => Err(p.unexpected("the end of the field name").message),
+    }
+}
+
 struct Parser {
     tokens: Vec<Token>,
     pos: usize,

@@ -958,8 +958,88 @@ fn samplers_are_kept_raw_and_must_exist_and_have_a_type() {
 
     let d = errors("[[rule]]\nname = \"a\"\nsampler = \"s\"\n\n[sampler.s]\nrate = 1\n");
     assert!(d[0].message.contains("has no `type`"), "{d:?}");
-    let unused = RuleSet::parse("[sampler.s]\ntype = \"x\"\n", "u").expect("valid");
+    let unused = RuleSet::parse(
+        "[sampler.s]\ntype = \"ema_dynamic\"\ngoal_sample_rate = 5\n",
+        "u",
+    )
+    .expect("valid");
     assert!(unused.warnings()[0].message.contains("not used"));
+}
+
+/// The errors of a file whose one rule uses sampler `s`, declared by `body`.
+fn sampler_errors(body: &str) -> Vec<String> {
+    errors(&format!(
+        "[[rule]]\nname = \"a\"\nsampler = \"s\"\n\n[sampler.s]\n{body}"
+    ))
+    .into_iter()
+    .map(|d| d.to_string())
+    .collect()
+}
+
+#[test]
+fn sampler_settings_are_validated_with_the_sampler_named() {
+    let cases = [
+        ("type = \"ema_dynamc\"\n", "rules.toml:6:8: sampler `s`: unknown type \"ema_dynamc\" (hint: did you mean \"ema_dynamic\"?"),
+        ("type = \"ema_dynamic\"\n", "sampler `s`: `goal_sample_rate` is required for type \"ema_dynamic\""),
+        ("type = \"ema_dynamic\"\ngoal_sample_rate = 0\n", "rules.toml:7:20: sampler `s`: `goal_sample_rate` must be a number ≥ 1"),
+        ("type = \"ema_dynamic\"\ngoal_sample_rate = 5\nkey = [\"root.nme\", \"span.name\"]\n", ""),
+        ("type = \"ema_dynamic\"\ngoal_sample_rate = 5\nkey = [\"tenant\", \"span.name\"]\n", "sampler `s`: key field `span.name`: span.* fields differ between spans; use root.*"),
+        ("type = \"ema_dynamic\"\ngoal_sample_rate = 5\nkey = [\"traceid\"]\n", "sampler `s`: key field `traceid`: unknown field `traceid`"),
+        ("type = \"ema_dynamic\"\ngoal_sample_rate = 5\nkey = [\"trace.duration\"]\n", "a duration is not a key"),
+        ("type = \"ema_dynamic\"\ngoal_sample_rate = 5\nadjustment_interval = \"15\"\n", "sampler `s`: `adjustment_interval` must be a duration of at least 100ms"),
+        ("type = \"ema_dynamic\"\ngoal_sample_rate = 5\nweight = 1.5\n", "sampler `s`: `weight` must be a number in (0, 1]"),
+        ("type = \"ema_dynamic\"\ngoal_sample_rate = 5\nmax_keys = 0\n", "sampler `s`: `max_keys` must be an integer ≥ 1"),
+        ("type = \"ema_dynamic\"\ngoal_sample_rate = 5\ngoal_traces_per_sec = 5\n", "sampler `s`: unknown setting `goal_traces_per_sec`"),
+        ("type = \"ema_throughput\"\ngoal_traces_per_sec = -1\n", "sampler `s`: `goal_traces_per_sec` must be a number > 0"),
+        ("type = \"tenant_fair\"\ngoal_traces_per_sec = 10\nwithin_tenant = \"nope\"\n", "sampler `s`: within_tenant names no sampler `nope`"),
+        ("type = \"tenant_fair\"\ngoal_traces_per_sec = 10\nweights = { acme = 0 }\n", "sampler `s`: the weight of tenant \"acme\" must be a positive number"),
+        ("type = \"tenant_fair\"\ngoal_traces_per_sec = 10\nwithin_tenant = \"s\"\n", "sampler `s`: within_tenant = \"s\" is a tenant_fair sampler"),
+    ];
+    for (body, want) in cases {
+        let got = sampler_errors(body);
+        assert!(
+            got.iter().any(|e| e.contains(want)) && got.iter().all(|e| e.contains("sampler `s`")),
+            "{body}: expected `{want}`, got {got:?}"
+        );
+    }
+}
+
+#[test]
+fn sampler_specs_are_typed_with_defaults() {
+    let set = RuleSet::parse(
+        "[[rule]]\nname = \"a\"\nsampler = \"fair\"\n\n[sampler.fair]\ntype = \"tenant_fair\"\ngoal_traces_per_sec = 1000\nwithin_tenant = \"per-key\"\nweights = { acme = 4 }\n\n[sampler.per-key]\ntype = \"ema_dynamic\"\ngoal_sample_rate = 20\nkey = [\"tenant\", \"root.http.route\", \"root.status\"]\n",
+        "s.toml",
+    )
+    .expect("valid");
+    assert!(
+        set.warnings().is_empty(),
+        "used through within_tenant: {:?}",
+        set.warnings()
+    );
+    match &set.sampler_specs()["fair"] {
+        SamplerSpec::TenantFair {
+            goal_traces_per_sec,
+            min_per_tenant,
+            weights,
+            within_tenant,
+            ema,
+        } => {
+            assert_eq!(*goal_traces_per_sec, 1000.0);
+            assert_eq!(*min_per_tenant, 1.0);
+            assert_eq!(weights.get("acme"), Some(&4.0));
+            assert_eq!(within_tenant.as_deref(), Some("per-key"));
+            assert_eq!(ema.adjustment_interval, std::time::Duration::from_secs(15));
+            assert_eq!((ema.weight, ema.max_keys), (0.5, 10_000));
+            assert_eq!(ema.key, KeyFields::default_key());
+        }
+        other => panic!("{other:?}"),
+    }
+    let SamplerSpec::EmaDynamic { ema, .. } = &set.sampler_specs()["per-key"] else {
+        panic!("ema_dynamic");
+    };
+    let fields: Vec<String> = ema.key.fields().iter().map(|f| f.to_string()).collect();
+    assert_eq!(fields, ["tenant", "root.http.route", "root.status"]);
+    assert_eq!(KeyFields::default_key().fields().len(), DEFAULT_KEY.len());
 }
 
 #[test]
@@ -1400,4 +1480,58 @@ fn expressions_parse_from_str_with_column_diagnostics() {
         other => panic!("{other:?}"),
     }
     assert!("tenant = \"a\"".parse::<Expr>().is_ok());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hit counts.
+
+#[test]
+fn recorded_hits_are_counted_per_rule_including_tenant_rules() {
+    let src = r#"
+[[rule]]
+name = "errors"
+if = 'span.status = "error"'
+sample_rate = 1
+
+[[rule]]
+name = "rest"
+sample_rate = 10
+
+[tenant."acme"]
+[[tenant."acme".rule]]
+name = "acme-all"
+sample_rate = 1
+"#;
+    let set = RuleSet::parse(src, "hits.toml").expect("valid");
+    for trace in [
+        ordinary(),
+        ordinary(),
+        TestTrace::new("acme", ordinary().spans),
+    ] {
+        let v = set.evaluate(&trace);
+        set.record_hit(&v);
+    }
+    let hits: Vec<(String, Option<String>, u64)> = set
+        .rules()
+        .map(|r| {
+            (
+                r.rule.name().to_string(),
+                r.tenant.map(str::to_string),
+                r.hits,
+            )
+        })
+        .collect();
+    assert_eq!(
+        hits,
+        vec![
+            ("errors".into(), None, 0),
+            ("rest".into(), None, 2),
+            ("acme-all".into(), Some("acme".into()), 1),
+        ]
+    );
+    assert_eq!(set.unmatched_hits(), 0);
+    let empty = RuleSet::parse("", "f").expect("valid");
+    let v = empty.evaluate(&ordinary());
+    empty.record_hit(&v);
+    assert_eq!(empty.unmatched_hits(), 1);
 }

@@ -1,0 +1,89 @@
+//! A small client of the admin API, for the CLI (`tailsift tenants ...`): plain HTTP/1 JSON
+//! requests through hyper-util's legacy client.
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// Why an admin request failed before an answer arrived.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The admin address plus path is not a valid URL.
+    #[error("invalid admin URL {url:?}: {source}")]
+    Url {
+        /// The URL that was built.
+        url: String,
+        /// What was wrong with it.
+        source: http::Error,
+    },
+    /// The node could not be reached.
+    #[error("cannot reach the admin API at {url}: {source} (is tailsift running? see --admin)")]
+    Connect {
+        /// The URL requested.
+        url: String,
+        /// The transport failure.
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The answer's body could not be read.
+    #[error("reading the answer from {url}: {source}")]
+    Body {
+        /// The URL requested.
+        url: String,
+        /// The failure.
+        source: hyper::Error,
+    },
+}
+
+/// An answer: status and body text.
+#[derive(Debug)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// The body, as text.
+    pub body: String,
+}
+
+/// Sends one request to `admin` (`http://127.0.0.1:8080`) + `path`, with an optional JSON body.
+pub async fn request(
+    admin: &str,
+    method: Method,
+    path: &str,
+    json: Option<&serde_json::Value>,
+) -> Result<Answer, ClientError> {
+    let url = format!("{}{path}", admin.trim_end_matches('/'));
+    let mut builder = Request::builder().method(method).uri(&url);
+    let body = match json {
+        Some(v) => {
+            builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+            Bytes::from(v.to_string())
+        }
+        None => Bytes::new(),
+    };
+    let req = builder
+        .body(Full::new(body))
+        .map_err(|source| ClientError::Url {
+            url: url.clone(),
+            source,
+        })?;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let resp = client
+        .request(req)
+        .await
+        .map_err(|source| ClientError::Connect {
+            url: url.clone(),
+            source,
+        })?;
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|source| ClientError::Body { url, source })?
+        .to_bytes();
+    Ok(Answer {
+        status,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    })
+}
