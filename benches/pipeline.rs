@@ -159,10 +159,11 @@ fn bench(c: &mut Criterion) {
                 table.expire(now + Duration::from_secs(60), &mut out);
                 let mut kept = 0;
                 for r in out {
-                    if let Ready::Trace(t) = r {
+                    if let Ready::Trace { trace: t, .. } = r {
                         let d = decider.decide(&t, &rules);
                         kept += usize::from(d.keep);
-                        table.remember(t.trace_id, d);
+                        let n = t.spans.len() as u64;
+                        table.remember(t.trace_id, d, t.tenant, n);
                     }
                 }
                 kept

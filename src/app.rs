@@ -53,6 +53,7 @@ pub struct Running {
 /// Starts every stage and listener; returns once all listeners are bound.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let stats = Arc::new(Stats::default());
+    stats.tenants.set_max_tenants(config.stats.max_tenants);
     let rules = Arc::new(
         LiveRules::load_with_shadow(&config.rules.file, config.rules.shadow_file.as_deref())
             .with_context(|| format!("loading rules from {}", config.rules.file.display()))?,
@@ -138,13 +139,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     drop(intake);
 
     // receive
+    let router = Router::new(shard_senders, config.receive.queue_timeout.0);
     let receiver = Arc::new(Receiver::new(
         IngestOptions {
             tenant_attribute: config.tenant.resource_attribute.clone(),
             default_tenant: TenantId::new(&config.tenant.default),
             reserved_attributes: keys.reserved(),
         },
-        Router::new(shard_senders, config.receive.queue_timeout.0),
+        router.clone(),
         stats.clone(),
         config.tenant.header.clone(),
         config.receive.max_request_bytes.bytes(),
@@ -200,7 +202,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             samplers,
             ready: ready.clone(),
             max_memory: config.buffer.max_memory.0 as i64,
-        });
+        })
+        .merge(admin::tenants::router(admin::tenants::TenantApi {
+            stats: stats.clone(),
+            traces: Arc::new(router),
+        }));
         tokio::spawn(async move {
             // The admin API stays up until the very end, so shutdown can be watched.
             let signal = async move {
@@ -257,6 +263,28 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         stop: stop_tx,
         done,
     })
+}
+
+/// Trace lookups for the admin API go to the shard that owns the trace id.
+impl admin::tenants::TraceLookup for Router {
+    fn lookup(
+        &self,
+        trace_id: crate::model::TraceId,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<Option<crate::model::TraceStatus>, admin::tenants::LookupError>,
+                > + Send
+                + '_,
+        >,
+    > {
+        Box::pin(async move {
+            Router::lookup(self, trace_id).await.map_err(|e| match e {
+                crate::route::RouteError::Full => admin::tenants::LookupError::Busy,
+                crate::route::RouteError::Closed => admin::tenants::LookupError::Closed,
+            })
+        })
+    }
 }
 
 async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {

@@ -169,6 +169,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Shutdown behaviour.
     pub shutdown: ShutdownConfig,
+    /// Per-tenant statistics.
+    pub stats: StatsConfig,
 }
 
 /// `[receive]`: OTLP listeners and request limits.
@@ -390,6 +392,23 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// `[stats]`: per-tenant statistics.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatsConfig {
+    /// Most tenants counted separately; later tenants are counted together as `_other`
+    /// (bounds the memory and the `/metrics` size).
+    pub max_tenants: usize,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        StatsConfig {
+            max_tenants: crate::stats::tenant::DEFAULT_MAX_TENANTS,
+        }
+    }
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -428,6 +447,9 @@ impl Config {
         }
         if self.receive.max_request_bytes.0 < 1024 {
             problems.push("receive.max_request_bytes must be at least 1KiB".into());
+        }
+        if self.stats.max_tenants == 0 {
+            problems.push("stats.max_tenants must be at least 1".into());
         }
         if self.receive.max_concurrent_requests == 0 {
             problems.push("receive.max_concurrent_requests must be at least 1".into());

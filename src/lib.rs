@@ -7,6 +7,7 @@
 //!                                    by id)    timers)     th/rv)    retry, count)
 //!  admin HTTP :8080: /healthz /readyz /metrics /api/v1/rules[/reload|/shadow] /api/v1/tenant-tags
 //!                    /api/v1/samplers/{name}
+//!                    /api/v1/tenants[/{id}] /api/v1/traces/{id} /api/v1/history / (dashboard)
 //! ```
 //!
 //! Where each part lives:

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod stats_cmd;
 use tailsift::config::Config;
 
 /// A tail-sampling OTLP trace proxy.
@@ -28,6 +30,8 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Print per-tenant keep rates of a running node (from its admin API).
+    Stats(stats_cmd::StatsArgs),
     /// Work with rules files offline.
     Rules {
         #[command(subcommand)]
@@ -116,6 +120,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { config } => check(config.as_ref()),
+        Command::Stats(args) => stats_cmd::run(args),
         Command::Rules {
             command:
                 RulesCommand::Test {

@@ -318,6 +318,26 @@ impl DropReason {
     }
 }
 
+/// Where a recent trace stands, as its owning shard knows it (admin `GET /api/v1/traces/{id}`).
+#[derive(Clone, Debug)]
+pub enum TraceState {
+    /// Still buffered, waiting for its decision.
+    Pending,
+    /// Decided (kept or dropped); late spans follow this decision.
+    Decided(Decision),
+}
+
+/// A shard's answer about one trace id.
+#[derive(Clone, Debug)]
+pub struct TraceStatus {
+    /// Pending or decided.
+    pub state: TraceState,
+    /// Tenant of the trace's first span.
+    pub tenant: TenantId,
+    /// Spans held (pending) or spans that followed the decision, late spans included.
+    pub spans: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,8 +11,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::sync::mpsc;
 
-use crate::buffer::ShardBatch;
-use crate::model::SpanRecord;
+use crate::buffer::ShardMsg;
+use crate::model::{SpanRecord, TraceId, TraceStatus};
 
 /// Why spans could not be handed over.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -28,13 +28,13 @@ pub enum RouteError {
 /// Hands spans to the shard that owns their trace id.
 #[derive(Clone)]
 pub struct Router {
-    shards: Vec<mpsc::Sender<ShardBatch>>,
+    shards: Vec<mpsc::Sender<ShardMsg>>,
     queue_timeout: Duration,
 }
 
 impl Router {
     /// A router over the given shard intakes.
-    pub fn new(shards: Vec<mpsc::Sender<ShardBatch>>, queue_timeout: Duration) -> Self {
+    pub fn new(shards: Vec<mpsc::Sender<ShardMsg>>, queue_timeout: Duration) -> Self {
         Router {
             shards,
             queue_timeout,
@@ -49,8 +49,7 @@ impl Router {
         let n = self.shards.len();
         let mut parts: Vec<Vec<SpanRecord>> = (0..n).map(|_| Vec::new()).collect();
         for span in spans {
-            let shard = (span.index.trace_id.hash64() % n as u64) as usize;
-            parts[shard].push(span);
+            parts[self.shard_of(&span.index.trace_id)].push(span);
         }
         let reserve = async {
             let mut permits = Vec::with_capacity(n);
@@ -69,9 +68,31 @@ impl Router {
             .await
             .map_err(|_| RouteError::Full)??;
         for (i, permit) in permits {
-            permit.send(compact(std::mem::take(&mut parts[i])));
+            permit.send(ShardMsg::Spans(compact(std::mem::take(&mut parts[i]))));
         }
         Ok(())
+    }
+
+    /// The shard that owns `trace_id`.
+    fn shard_of(&self, trace_id: &TraceId) -> usize {
+        (trace_id.hash64() % self.shards.len() as u64) as usize
+    }
+
+    /// Asks the owning shard where a trace stands (pending, decided, or unknown: `None`).
+    /// Waits at most the queue timeout for room in the shard's intake and for the answer.
+    pub async fn lookup(&self, trace_id: TraceId) -> Result<Option<TraceStatus>, RouteError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let shard = &self.shards[self.shard_of(&trace_id)];
+        let ask = async {
+            shard
+                .send(ShardMsg::Lookup(trace_id, tx))
+                .await
+                .map_err(|_| RouteError::Closed)?;
+            rx.await.map_err(|_| RouteError::Closed)
+        };
+        tokio::time::timeout(self.queue_timeout, ask)
+            .await
+            .map_err(|_| RouteError::Full)?
     }
 }
 

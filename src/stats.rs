@@ -1,5 +1,8 @@
 //! Counters every stage adds to and admin reads. A leaf: it knows no stage. Stages add per
-//! batch, not per span, so counting stays off the per-span cost.
+//! batch, not per span, so counting stays off the per-span cost. Per-tenant counts over
+//! sliding windows live in [`tenant`].
+
+pub mod tenant;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
@@ -44,6 +47,8 @@ pub struct Stats {
     pub export_queue_spans: AtomicI64,
     /// Kept spans waiting in the disk spool.
     pub spooled_spans: AtomicI64,
+    /// Per-tenant counts over sliding windows, and the decision-latency histogram.
+    pub tenants: tenant::TenantTable,
 }
 
 fn cause_index(cause: DecideCause) -> usize {
@@ -219,5 +224,6 @@ impl Stats {
                 value.load(Relaxed)
             );
         }
+        self.tenants.render_prometheus(out);
     }
 }

@@ -15,6 +15,8 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+pub mod tenants;
+
 use crate::reload::{LiveRules, ReloadFailure, Trigger};
 use crate::sample::SamplerBoard;
 use crate::shadow::ShadowStats;

@@ -6,16 +6,17 @@ pub mod table;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::decide::Decider;
-use crate::model::{DropReason, KeptSpans, SpanRecord};
+use crate::model::{DropReason, KeptSpans, SpanRecord, TraceId, TraceStatus};
 use crate::rules::RuleSet;
 use crate::shadow::{ShadowStats, Tally};
+use crate::stats::tenant::{unix_now, Tally as TenantTally};
 use crate::stats::Stats;
 use crate::tags::{unix_ms, TagTable};
 use table::{Occupancy, Ready, Table};
@@ -30,6 +31,18 @@ pub trait KeptSink: Send + Sync + 'static {
 
 /// A batch of spans for one shard.
 pub type ShardBatch = Vec<SpanRecord>;
+
+/// What a shard's intake carries.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// Spans whose trace ids this shard owns.
+    Spans(ShardBatch),
+    /// Where does this trace stand? (admin API); `None` when the shard does not know it.
+    Lookup(TraceId, oneshot::Sender<Option<TraceStatus>>),
+}
+
+/// How often a shard merges its local per-tenant tally into the shared table.
+pub const TALLY_FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// What every decision reads, shared by all shards; each batch loads one snapshot of each.
 #[derive(Clone)]
@@ -59,7 +72,7 @@ impl DecideInputs {
 /// Runs one shard until its intake closes, then decides everything it still holds.
 pub async fn run_shard(
     mut table: Table,
-    mut intake: mpsc::Receiver<ShardBatch>,
+    mut intake: mpsc::Receiver<ShardMsg>,
     mut stop: watch::Receiver<bool>,
     inputs: DecideInputs,
     mut decider: Decider,
@@ -70,12 +83,24 @@ pub async fn run_shard(
     let mut ready = Vec::new();
     let mut last = Occupancy::default();
     let mut stopping = false;
+    // Per-tenant counts stay local (no lock, no atomics) and are merged about once a second.
+    let mut tally = TenantTally::new(stats.tenants.max_tenants());
+    let mut flushed_at = Instant::now();
     loop {
         let deadline = table.next_deadline();
+        let flush_due = (!tally.is_empty()).then_some(flushed_at + TALLY_FLUSH_EVERY);
         tokio::select! {
             biased;
-            batch = intake.recv() => match batch {
-                Some(batch) => table.insert(batch, Instant::now(), &mut ready),
+            msg = intake.recv() => match msg {
+                Some(ShardMsg::Spans(batch)) => {
+                    count_received(&mut tally, &batch);
+                    table.insert_with(batch, Instant::now(), &mut ready, &mut |tenant| {
+                        tally.trace_received(tenant)
+                    });
+                }
+                Some(ShardMsg::Lookup(trace_id, reply)) => {
+                    let _ = reply.send(table.lookup(&trace_id));
+                }
                 None => break,
             },
             // Shutdown: refuse new batches, finish the queued ones, then drain.
@@ -86,6 +111,7 @@ pub async fn run_shard(
             _ = sleep_until(deadline), if deadline.is_some() => {
                 table.expire(Instant::now(), &mut ready);
             }
+            _ = sleep_until(flush_due), if flush_due.is_some() => {}
         }
         settle(
             &mut table,
@@ -95,8 +121,14 @@ pub async fn run_shard(
             &inputs,
             &*sink,
             &stats,
+            &mut tally,
         );
         last = report(&table, last, &stats);
+        // Checked every turn, not only on the timer: a busy intake would starve the timer arm.
+        if flushed_at.elapsed() >= TALLY_FLUSH_EVERY {
+            tally.flush(&stats.tenants, unix_now());
+            flushed_at = Instant::now();
+        }
     }
     table.drain(&mut ready);
     settle(
@@ -107,8 +139,27 @@ pub async fn run_shard(
         &inputs,
         &*sink,
         &stats,
+        &mut tally,
     );
     report(&table, last, &stats);
+    tally.flush(&stats.tenants, unix_now());
+}
+
+/// Counts a batch's spans per tenant: one tally update per run of spans of the same tenant
+/// (spans of one request's resource arrive together), not one per span.
+fn count_received(tally: &mut TenantTally, batch: &[SpanRecord]) {
+    let mut i = 0;
+    while i < batch.len() {
+        let origin = &batch[i].origin;
+        let mut j = i + 1;
+        while j < batch.len()
+            && (Arc::ptr_eq(&batch[j].origin, origin) || batch[j].origin.tenant == origin.tenant)
+        {
+            j += 1;
+        }
+        tally.spans_received(&origin.tenant, (j - i) as u64);
+        i = j;
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -134,6 +185,9 @@ fn report(table: &Table, last: Occupancy, stats: &Stats) -> Occupancy {
 
 /// Decides ready traces and routes late spans, with one snapshot of the rules, the shadow
 /// rules, the tenant tags and the clock for the lot.
+// Every argument is a separate borrow of the shard loop's own state; a struct would only
+// rename them.
+#[allow(clippy::too_many_arguments)]
 fn settle(
     table: &mut Table,
     ready: &mut Vec<Ready>,
@@ -142,6 +196,7 @@ fn settle(
     inputs: &DecideInputs,
     sink: &dyn KeptSink,
     stats: &Stats,
+    tally: &mut TenantTally,
 ) {
     if ready.is_empty() {
         return;
@@ -150,18 +205,21 @@ fn settle(
     let shadow = inputs.shadow.load();
     let tags = inputs.tags.snapshot();
     let now_ms = unix_ms(SystemTime::now());
-    let mut tally = Tally::default();
+    let now = Instant::now();
+    let mut shadow_tally = Tally::default();
     for item in ready.drain(..) {
         match item {
-            Ready::Trace(trace) => {
+            Ready::Trace { trace, first_seen } => {
                 let decision = decider.decide_tagged(&trace, &rules, &tags, now_ms);
                 if let Some(shadow) = &*shadow {
                     let would = shadow_decider.decide_tagged(&trace, shadow, &tags, now_ms);
-                    tally.add(&trace.tenant, decision.keep, would.keep);
+                    shadow_tally.add(&trace.tenant, decision.keep, would.keep);
                 }
                 stats.traces_decided.fetch_add(1, Relaxed);
                 stats.decided_by(trace.cause, 1);
-                table.remember(trace.trace_id, decision.clone());
+                let n = trace.spans.len() as u64;
+                tally.decided(&trace.tenant, &decision, n, now - first_seen);
+                table.remember(trace.trace_id, decision.clone(), trace.tenant.clone(), n);
                 if decision.keep {
                     stats.traces_kept.fetch_add(1, Relaxed);
                 }
@@ -173,12 +231,15 @@ fn settle(
                 spans,
             } => {
                 stats.late_spans.fetch_add(spans.len() as u64, Relaxed);
+                tally.late(&tenant, &decision, spans.len() as u64);
                 hand_on(sink, stats, tenant, decision, spans);
             }
         }
     }
     if let Some(shadow) = &*shadow {
-        inputs.shadow_stats.merge(shadow.source_hash(), &mut tally);
+        inputs
+            .shadow_stats
+            .merge(shadow.source_hash(), &mut shadow_tally);
     }
 }
 

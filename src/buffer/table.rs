@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::model::{CompleteTrace, DecideCause, Decision, SpanRecord, TenantId, TraceId};
+use crate::model::{
+    CompleteTrace, DecideCause, Decision, SpanRecord, TenantId, TraceId, TraceState, TraceStatus,
+};
 
 /// Limits a shard enforces.
 #[derive(Clone, Debug)]
@@ -29,7 +31,12 @@ pub struct Limits {
 #[derive(Debug)]
 pub enum Ready {
     /// A trace to decide.
-    Trace(CompleteTrace),
+    Trace {
+        /// The trace.
+        trace: CompleteTrace,
+        /// When its first span arrived (for the decision-latency histogram).
+        first_seen: Instant,
+    },
     /// Spans of a trace decided earlier: they follow that decision.
     Late {
         /// The tenant of the spans.
@@ -50,13 +57,20 @@ struct Entry {
     bytes: usize,
 }
 
+/// A remembered decision, with what the admin API reports about the trace.
+struct Remembered {
+    decision: Decision,
+    tenant: TenantId,
+    spans: u64,
+}
+
 /// One shard's traces.
 pub struct Table {
     limits: Limits,
     traces: HashMap<TraceId, Entry>,
     deadlines: BinaryHeap<Reverse<(Instant, TraceId)>>,
     arrivals: VecDeque<(Instant, TraceId)>,
-    decisions: HashMap<TraceId, Decision>,
+    decisions: HashMap<TraceId, Remembered>,
     decision_order: VecDeque<TraceId>,
     bytes: usize,
     spans: usize,
@@ -100,6 +114,17 @@ impl Table {
     /// Adds spans; traces that became ready (span limit, memory pressure, due timers) and late
     /// spans are appended to `out`.
     pub fn insert(&mut self, batch: Vec<SpanRecord>, now: Instant, out: &mut Vec<Ready>) {
+        self.insert_with(batch, now, out, &mut |_| {});
+    }
+
+    /// [`Table::insert`], calling `new_trace` with the tenant of every trace first seen.
+    pub fn insert_with(
+        &mut self,
+        batch: Vec<SpanRecord>,
+        now: Instant,
+        out: &mut Vec<Ready>,
+        new_trace: &mut dyn FnMut(&TenantId),
+    ) {
         let mut late: Vec<(TraceId, SpanRecord)> = Vec::new();
         for span in batch {
             let trace_id = span.index.trace_id;
@@ -137,6 +162,7 @@ impl Table {
             self.bytes += size;
             self.spans += 1;
             let tenant = span.origin.tenant.clone();
+            new_trace(&tenant);
             self.traces.insert(
                 trace_id,
                 Entry {
@@ -181,11 +207,12 @@ impl Table {
         }
     }
 
-    fn push_late(&self, trace_id: TraceId, spans: Vec<SpanRecord>, out: &mut Vec<Ready>) {
-        if let Some(decision) = self.decisions.get(&trace_id) {
+    fn push_late(&mut self, trace_id: TraceId, spans: Vec<SpanRecord>, out: &mut Vec<Ready>) {
+        if let Some(known) = self.decisions.get_mut(&trace_id) {
+            known.spans += spans.len() as u64;
             out.push(Ready::Late {
                 tenant: spans[0].origin.tenant.clone(),
-                decision: decision.clone(),
+                decision: known.decision.clone(),
                 spans,
             });
         }
@@ -249,12 +276,24 @@ impl Table {
         self.arrivals.clear();
     }
 
-    /// Remembers a decision so late spans of the trace follow it.
-    pub fn remember(&mut self, trace_id: TraceId, decision: Decision) {
+    /// Remembers a decision so late spans of the trace follow it (and the admin API can tell
+    /// the trace's tenant and span count).
+    pub fn remember(
+        &mut self,
+        trace_id: TraceId,
+        decision: Decision,
+        tenant: TenantId,
+        spans: u64,
+    ) {
         if self.limits.decision_cache == 0 {
             return;
         }
-        if self.decisions.insert(trace_id, decision).is_none() {
+        let known = Remembered {
+            decision,
+            tenant,
+            spans,
+        };
+        if self.decisions.insert(trace_id, known).is_none() {
             self.decision_order.push_back(trace_id);
             while self.decision_order.len() > self.limits.decision_cache {
                 if let Some(old) = self.decision_order.pop_front() {
@@ -266,19 +305,38 @@ impl Table {
 
     /// The remembered decision for a trace, if any.
     pub fn decision(&self, trace_id: &TraceId) -> Option<&Decision> {
-        self.decisions.get(trace_id)
+        self.decisions.get(trace_id).map(|r| &r.decision)
+    }
+
+    /// Where a trace stands: buffered, decided (while its decision is remembered), or unknown.
+    pub fn lookup(&self, trace_id: &TraceId) -> Option<TraceStatus> {
+        if let Some(entry) = self.traces.get(trace_id) {
+            return Some(TraceStatus {
+                state: TraceState::Pending,
+                tenant: entry.tenant.clone(),
+                spans: entry.spans.len() as u64,
+            });
+        }
+        self.decisions.get(trace_id).map(|r| TraceStatus {
+            state: TraceState::Decided(r.decision.clone()),
+            tenant: r.tenant.clone(),
+            spans: r.spans,
+        })
     }
 
     fn complete(&mut self, trace_id: TraceId, cause: DecideCause, out: &mut Vec<Ready>) {
         if let Some(entry) = self.traces.remove(&trace_id) {
             self.bytes -= entry.bytes;
             self.spans -= entry.spans.len();
-            out.push(Ready::Trace(CompleteTrace {
-                trace_id,
-                tenant: entry.tenant,
-                spans: entry.spans,
-                cause,
-            }));
+            out.push(Ready::Trace {
+                trace: CompleteTrace {
+                    trace_id,
+                    tenant: entry.tenant,
+                    spans: entry.spans,
+                    cause,
+                },
+                first_seen: entry.first_seen,
+            });
         }
     }
 }
@@ -325,7 +383,7 @@ mod tests {
     fn traces(out: &[Ready]) -> Vec<(TraceId, usize, DecideCause)> {
         out.iter()
             .filter_map(|r| match r {
-                Ready::Trace(t) => Some((t.trace_id, t.spans.len(), t.cause)),
+                Ready::Trace { trace: t, .. } => Some((t.trace_id, t.spans.len(), t.cause)),
                 Ready::Late { .. } => None,
             })
             .collect()
@@ -393,7 +451,7 @@ mod tests {
             traces(&out),
             vec![(TraceId([1; 16]), 3, DecideCause::SpanLimit)]
         );
-        t.remember(TraceId([1; 16]), decision());
+        t.remember(TraceId([1; 16]), decision(), TenantId::new("t"), 3);
         out.clear();
         t.insert(vec![span(1, 4, 1), span(1, 5, 1)], now, &mut out);
         match &out[..] {
@@ -439,9 +497,35 @@ mod tests {
         t.drain(&mut out);
         assert_eq!(traces(&out).len(), 20);
         for trace in 1..=20u8 {
-            t.remember(TraceId([trace; 16]), decision());
+            t.remember(TraceId([trace; 16]), decision(), TenantId::new("t"), 1);
         }
         assert!(t.decision(&TraceId([1; 16])).is_none());
         assert!(t.decision(&TraceId([20; 16])).is_some());
+    }
+
+    #[test]
+    fn lookup_tells_pending_then_decided_with_late_spans_counted() {
+        let mut t = Table::new(limits());
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let id = TraceId([1; 16]);
+        assert!(t.lookup(&id).is_none());
+        let mut seen = Vec::new();
+        t.insert_with(
+            vec![span(1, 2, 1), span(1, 3, 1)],
+            now,
+            &mut out,
+            &mut |tenant| seen.push(tenant.clone()),
+        );
+        assert_eq!(seen, vec![TenantId::new("t")], "one new trace");
+        let status = t.lookup(&id).unwrap();
+        assert!(matches!(status.state, TraceState::Pending));
+        assert_eq!(status.spans, 2);
+        t.drain(&mut out);
+        t.remember(id, decision(), TenantId::new("t"), 2);
+        t.insert(vec![span(1, 4, 1)], now, &mut out);
+        let status = t.lookup(&id).unwrap();
+        assert!(matches!(status.state, TraceState::Decided(ref d) if d.keep));
+        assert_eq!(status.spans, 3, "the late span follows and is counted");
     }
 }

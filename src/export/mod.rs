@@ -17,11 +17,32 @@ use tokio::time::Instant;
 
 use crate::buffer::KeptSink;
 use crate::config::ExportConfig;
-use crate::model::{DropReason, KeptSpans};
+use crate::model::{DropReason, KeptSpans, TenantId};
 use crate::otlp::encode::{AnnotationKeys, BatchEncoder};
+use crate::stats::tenant::{unix_now, Counts};
 use crate::stats::Stats;
 use sink::Sink;
 use spool::Spool;
+
+/// Counts spans of one tenant dropped for `reason` in the per-tenant table.
+fn drop_for_tenant(stats: &Stats, tenant: &TenantId, reason: DropReason, spans: u64) {
+    let mut counts = Counts::default();
+    counts.drop_spans(reason, spans);
+    stats.tenants.add(tenant, unix_now(), &counts);
+}
+
+/// Spans per tenant in a batch (a batch holds few tenants: a linear scan beats hashing).
+fn spans_per_tenant(batch: &[KeptSpans]) -> Vec<(TenantId, u64)> {
+    let mut out: Vec<(TenantId, u64)> = Vec::new();
+    for kept in batch {
+        let n = kept.spans.len() as u64;
+        match out.iter_mut().find(|(t, _)| *t == kept.tenant) {
+            Some((_, total)) => *total += n,
+            None => out.push((kept.tenant.clone(), n)),
+        }
+    }
+    out
+}
 
 /// The exporter's intake: shards submit kept spans here without blocking.
 pub struct Intake {
@@ -39,6 +60,7 @@ impl KeptSink for Intake {
         if before + bytes > self.max_bytes && before > 0 {
             self.stats.export_queue_bytes.fetch_sub(bytes, Relaxed);
             self.stats.drop_spans(DropReason::ExportOverflow, n);
+            drop_for_tenant(&self.stats, &kept.tenant, DropReason::ExportOverflow, n);
             tracing::warn!(spans = n, "export queue full; kept spans dropped");
             return;
         }
@@ -46,8 +68,9 @@ impl KeptSink for Intake {
         if let Err(err) = self.tx.send(kept) {
             self.stats.export_queue_bytes.fetch_sub(bytes, Relaxed);
             self.stats.export_queue_spans.fetch_sub(n as i64, Relaxed);
-            self.stats
-                .drop_spans(DropReason::ShutdownDeadline, err.0.spans.len() as u64);
+            let n = err.0.spans.len() as u64;
+            self.stats.drop_spans(DropReason::ShutdownDeadline, n);
+            drop_for_tenant(&self.stats, &err.0.tenant, DropReason::ShutdownDeadline, n);
         }
     }
 }
@@ -134,6 +157,7 @@ pub async fn run(
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break;
         };
+        let tenants = spans_per_tenant(&batch);
         let batch = std::mem::take(&mut batch);
         let spans = std::mem::take(&mut batch_spans) as u64;
         let (sink, stats, retry, keys, spool) = (
@@ -171,6 +195,23 @@ pub async fn run(
                 Outcome::Spooled => {}
                 Outcome::Failed => stats.drop_spans(DropReason::ExportFailed, spans),
             }
+            // A spooled batch is attributed to no tenant when it is replayed later (the spool
+            // keeps encoded requests only), so per-tenant counts cover direct deliveries.
+            let counts: Vec<(TenantId, Counts)> = tenants
+                .into_iter()
+                .filter_map(|(tenant, n)| {
+                    let mut c = Counts::default();
+                    match outcome {
+                        Outcome::Delivered => c.spans_exported = n,
+                        Outcome::Spooled => return None,
+                        Outcome::Failed => c.drop_spans(DropReason::ExportFailed, n),
+                    }
+                    Some((tenant, c))
+                })
+                .collect();
+            stats
+                .tenants
+                .add_all(unix_now(), counts.iter().map(|(t, c)| (t, c)));
             drop(permit);
         });
         while tasks.try_join_next().is_some() {}

@@ -32,11 +32,21 @@ pub struct Ingested {
     pub rejected: u64,
     /// A description of the first refusal, for `partial_success.error_message`.
     pub error_message: Option<String>,
+    /// Refused spans per tenant (for per-tenant `invalid` counts).
+    pub rejected_by_tenant: Vec<(TenantId, u64)>,
 }
 
 impl Ingested {
-    fn reject(&mut self, why: String) {
+    fn reject(&mut self, tenant: &TenantId, why: String) {
         self.rejected += 1;
+        match self
+            .rejected_by_tenant
+            .iter_mut()
+            .find(|(t, _)| t == tenant)
+        {
+            Some((_, n)) => *n += 1,
+            None => self.rejected_by_tenant.push((tenant.clone(), 1)),
+        }
         if self.error_message.is_none() {
             self.error_message = Some(why);
         }
@@ -160,7 +170,7 @@ fn read_scope_spans(
                 origin: origin.clone(),
                 index,
             }),
-            Err(why) => out.reject(why),
+            Err(why) => out.reject(tenant, why),
         }
     }
     Ok(())

@@ -126,6 +126,19 @@ impl Receiver {
                 if ingested.rejected > 0 {
                     self.stats
                         .drop_spans(DropReason::Invalid, ingested.rejected);
+                    let now = crate::stats::tenant::unix_now();
+                    let counts: Vec<_> = ingested
+                        .rejected_by_tenant
+                        .iter()
+                        .map(|(tenant, n)| {
+                            let mut c = crate::stats::tenant::Counts::default();
+                            c.drop_spans(DropReason::Invalid, *n);
+                            (tenant, c)
+                        })
+                        .collect();
+                    self.stats
+                        .tenants
+                        .add_all(now, counts.iter().map(|(t, c)| (*t, c)));
                 }
                 Ok(Accepted {
                     rejected: ingested.rejected,
