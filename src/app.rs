@@ -17,7 +17,7 @@ use crate::decide::Decider;
 use crate::export::{self, sink::Sink};
 use crate::model::{DropReason, TenantId};
 use crate::otlp::encode::AnnotationKeys;
-use crate::otlp::ingest::IngestOptions;
+use crate::otlp::ingest::{IngestOptions, SpanLimits};
 use crate::receive::{self, Receiver};
 use crate::reload::{self, LiveRules, RulesWatcher, Trigger};
 use crate::route::Router;
@@ -145,6 +145,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             tenant_attribute: config.tenant.resource_attribute.clone(),
             default_tenant: TenantId::new(&config.tenant.default),
             reserved_attributes: keys.reserved(),
+            limits: SpanLimits {
+                max_attributes_per_span: config.receive.max_attributes_per_span,
+                max_attribute_bytes: config.receive.max_attribute_bytes.bytes(),
+                max_spans_per_request: config.receive.max_spans_per_request,
+            },
         },
         router.clone(),
         stats.clone(),
@@ -166,7 +171,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .concurrency_limit_per_connection(config.receive.max_concurrent_requests)
             .tcp_nodelay(true)
             .add_service(svc);
-        let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
+        let incoming =
+            receive::conn::LimitedListener::new(grpc_listener, config.receive.max_connections)
+                .into_stream();
         tokio::spawn(async move {
             let signal = async move {
                 let _ = stop.wait_for(|s| *s).await;
@@ -179,10 +186,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let http = {
         let mut stop = stop_rx.clone();
         let app = receive::http::router(receiver.clone(), config.receive.max_concurrent_requests);
+        let max_connections = config.receive.max_connections;
         tokio::spawn(async move {
             let signal = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
+            let http_listener = receive::conn::LimitedListener::new(http_listener, max_connections);
             if let Err(e) = axum::serve(http_listener, app)
                 .with_graceful_shutdown(signal)
                 .await

@@ -188,6 +188,14 @@ pub struct ReceiveConfig {
     pub queue_timeout: HumanDuration,
     /// Most requests handled at once per listener; more wait (gRPC) or are refused (HTTP 503).
     pub max_concurrent_requests: usize,
+    /// Most spans accepted from one request; the rest are refused (partial success).
+    pub max_spans_per_request: usize,
+    /// Most attributes on one span; a span with more is refused (partial success).
+    pub max_attributes_per_span: usize,
+    /// Largest encoded attribute (key + value) on a span; a span with a larger one is refused.
+    pub max_attribute_bytes: ByteSize,
+    /// Most client connections open at once per listener; more wait in the kernel backlog.
+    pub max_connections: usize,
 }
 
 impl Default for ReceiveConfig {
@@ -198,6 +206,10 @@ impl Default for ReceiveConfig {
             max_request_bytes: ByteSize(16 << 20),
             queue_timeout: HumanDuration(Duration::from_secs(2)),
             max_concurrent_requests: 256,
+            max_spans_per_request: 100_000,
+            max_attributes_per_span: 1024,
+            max_attribute_bytes: ByteSize(64 << 10),
+            max_connections: 4096,
         }
     }
 }

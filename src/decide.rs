@@ -252,6 +252,7 @@ mod tests {
             tenant_attribute: "tenant.id".into(),
             default_tenant: TenantId::new("default"),
             reserved_attributes: Vec::new(),
+            limits: Default::default(),
         };
         let body = include_bytes!("../tests/fixtures/traces.json");
         traces_from_json(body, &options).unwrap().0

@@ -134,6 +134,7 @@ mod tests {
             tenant_attribute: "tenant.id".into(),
             default_tenant: TenantId::new("default"),
             reserved_attributes: Vec::new(),
+            limits: Default::default(),
         }
     }
 

@@ -163,6 +163,7 @@ fn rules_test(rules: &Path, trace: &Path, config: Option<&PathBuf>) -> ExitCode 
         tenant_attribute: config.tenant.resource_attribute.clone(),
         default_tenant: tailsift::model::TenantId::new(&config.tenant.default),
         reserved_attributes: Vec::new(),
+        limits: Default::default(),
     };
     let (traces, rejected) = match tailsift::explain::traces_from_json(&body, &options) {
         Ok(t) => t,

@@ -7,8 +7,44 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 /// A 16-byte OTLP trace id; the unit of every decision and of shard ownership.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct TraceId(pub [u8; 16]);
+
+/// Trace ids are random already: hashing folds the two halves into one word instead of
+/// running SipHash over 16 bytes for every buffer and decision-cache lookup.
+impl std::hash::Hash for TraceId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut hi = [0u8; 8];
+        let mut lo = [0u8; 8];
+        hi.copy_from_slice(&self.0[..8]);
+        lo.copy_from_slice(&self.0[8..]);
+        state.write_u64(u64::from_le_bytes(hi) ^ u64::from_le_bytes(lo));
+    }
+}
+
+/// A hasher for [`TraceId`] keys: takes the folded id and spreads it with one multiply (the
+/// map uses both the low bits and the top 7 bits of the hash).
+#[derive(Clone, Copy, Default)]
+pub struct TraceIdHasher(u64);
+
+impl std::hash::Hasher for TraceIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached for keys other than TraceId; still correct, just slower.
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by trace id with the cheap hasher.
+pub type TraceIdMap<V> =
+    std::collections::HashMap<TraceId, V, std::hash::BuildHasherDefault<TraceIdHasher>>;
 
 impl TraceId {
     /// Parses a trace id from wire bytes; `None` when not 16 bytes or all zero (invalid per OTLP).

@@ -3,13 +3,14 @@
 //! as a parameter and does no I/O, so tests drive it with any clock.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::model::{
-    CompleteTrace, DecideCause, Decision, SpanRecord, TenantId, TraceId, TraceState, TraceStatus,
+    CompleteTrace, DecideCause, Decision, SpanRecord, TenantId, TraceId, TraceIdMap, TraceState,
+    TraceStatus,
 };
 
 /// Limits a shard enforces.
@@ -67,10 +68,10 @@ struct Remembered {
 /// One shard's traces.
 pub struct Table {
     limits: Limits,
-    traces: HashMap<TraceId, Entry>,
+    traces: TraceIdMap<Entry>,
     deadlines: BinaryHeap<Reverse<(Instant, TraceId)>>,
     arrivals: VecDeque<(Instant, TraceId)>,
-    decisions: HashMap<TraceId, Remembered>,
+    decisions: TraceIdMap<Remembered>,
     decision_order: VecDeque<TraceId>,
     bytes: usize,
     spans: usize,
@@ -92,10 +93,10 @@ impl Table {
     pub fn new(limits: Limits) -> Self {
         Table {
             limits,
-            traces: HashMap::new(),
+            traces: TraceIdMap::default(),
             deadlines: BinaryHeap::new(),
             arrivals: VecDeque::new(),
-            decisions: HashMap::new(),
+            decisions: TraceIdMap::default(),
             decision_order: VecDeque::new(),
             bytes: 0,
             spans: 0,

@@ -308,6 +308,7 @@ mod tests {
             tenant_attribute: "tenant.id".into(),
             default_tenant: TenantId::new("default"),
             reserved_attributes: keys().reserved(),
+            limits: Default::default(),
         };
         let spans = ingest_request(&encoded(req), None, &options).unwrap().spans;
         KeptSpans {

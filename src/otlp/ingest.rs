@@ -21,6 +21,30 @@ pub struct IngestOptions {
     /// Attribute keys the proxy sets on export; a span already carrying one is marked so
     /// export replaces it instead of adding a duplicate key.
     pub reserved_attributes: Vec<String>,
+    /// Per-span and per-request limits.
+    pub limits: SpanLimits,
+}
+
+/// Limits on what one request may carry; a span over a limit is refused on its own (partial
+/// success), so one pathological span never costs the rest of its request.
+#[derive(Clone, Copy, Debug)]
+pub struct SpanLimits {
+    /// Most attributes on one span.
+    pub max_attributes_per_span: usize,
+    /// Largest encoded attribute (key and value) on a span.
+    pub max_attribute_bytes: usize,
+    /// Most spans in one request; spans beyond it are refused.
+    pub max_spans_per_request: usize,
+}
+
+impl Default for SpanLimits {
+    fn default() -> Self {
+        SpanLimits {
+            max_attributes_per_span: 1024,
+            max_attribute_bytes: 64 << 10,
+            max_spans_per_request: 100_000,
+        }
+    }
 }
 
 /// The result of reading one request.
@@ -164,7 +188,17 @@ fn read_scope_spans(
     out.spans.reserve(span_ranges.len());
     for span_range in span_ranges {
         let span_bytes = &body[span_range.clone()];
-        match index_span(span_bytes, &options.reserved_attributes) {
+        if out.spans.len() >= options.limits.max_spans_per_request {
+            out.reject(
+                tenant,
+                format!(
+                "request has more than {} spans (receive.max_spans_per_request); send smaller batches",
+                options.limits.max_spans_per_request
+            ),
+            );
+            continue;
+        }
+        match index_span(span_bytes, &options.reserved_attributes, &options.limits) {
             Ok(index) => out.spans.push(SpanRecord {
                 bytes: request.slice(base + span_range.start..base + span_range.end),
                 origin: origin.clone(),
@@ -177,7 +211,12 @@ fn read_scope_spans(
 }
 
 /// Extracts the index of one encoded span, or says why the span is refused.
-pub fn index_span(span: &[u8], reserved_attributes: &[String]) -> Result<SpanIndex, String> {
+pub fn index_span(
+    span: &[u8],
+    reserved_attributes: &[String],
+    limits: &SpanLimits,
+) -> Result<SpanIndex, String> {
+    let mut attributes = 0usize;
     let mut index = SpanIndex::default();
     let mut trace_id: Option<&[u8]> = None;
     let mut span_id: Option<&[u8]> = None;
@@ -202,6 +241,20 @@ pub fn index_span(span: &[u8], reserved_attributes: &[String]) -> Result<SpanInd
             (8, FIXED64) => index.end_unix_nanos = reader.fixed64().map_err(malformed)?,
             (9, LEN) => {
                 let kv = reader.len_delimited().map_err(malformed)?;
+                attributes += 1;
+                if attributes > limits.max_attributes_per_span {
+                    return Err(format!(
+                        "span has more than {} attributes (receive.max_attributes_per_span)",
+                        limits.max_attributes_per_span
+                    ));
+                }
+                if kv.len() > limits.max_attribute_bytes {
+                    return Err(format!(
+                        "span attribute of {} bytes exceeds receive.max_attribute_bytes ({})",
+                        kv.len(),
+                        limits.max_attribute_bytes
+                    ));
+                }
                 if !reserved_attributes.is_empty() {
                     let key = super::find_key(&span[kv]);
                     if reserved_attributes.iter().any(|r| r.as_bytes() == key) {

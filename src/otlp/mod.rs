@@ -174,6 +174,7 @@ mod tests {
             tenant_attribute: "tenant.id".into(),
             default_tenant: TenantId::new("default"),
             reserved_attributes: vec!["SampleRate".into()],
+            limits: Default::default(),
         }
     }
 
@@ -234,6 +235,33 @@ mod tests {
         assert_eq!(out.spans[0].origin.tenant.as_str(), "hdr");
         let out = ingest_request(&b, None, &options()).unwrap();
         assert_eq!(out.spans[0].origin.tenant.as_str(), "default");
+    }
+
+    #[test]
+    fn spans_over_the_limits_are_refused_one_by_one_with_the_key_to_raise() {
+        let mut many = span(2, 1, 0, false);
+        for i in 0..5 {
+            many.attributes.push(kv(&format!("k{i}"), "v"));
+        }
+        let mut big = span(3, 1, 0, false);
+        big.attributes.push(kv("blob", &"x".repeat(500)));
+        let req = request("a", vec![span(1, 1, 0, false), many, big, span(4, 1, 0, false)]);
+        let mut opts = options();
+        opts.limits = super::ingest::SpanLimits {
+            max_attributes_per_span: 4,
+            max_attribute_bytes: 256,
+            max_spans_per_request: 2,
+        };
+        let out = ingest_request(&encoded(&req), None, &opts).unwrap();
+        // Span 1 is accepted, `many` is over the attribute count, `big` over the attribute
+        // size, and span 4 is the second accepted span, within the per-request limit of 2.
+        assert_eq!(out.spans.len(), 2);
+        assert_eq!(out.rejected, 2);
+        assert!(out.error_message.unwrap().contains("max_attributes_per_span"));
+        opts.limits.max_spans_per_request = 1;
+        let out = ingest_request(&encoded(&req), None, &opts).unwrap();
+        assert_eq!(out.spans.len(), 1);
+        assert_eq!(out.rejected, 3);
     }
 
     #[test]

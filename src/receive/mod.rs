@@ -2,6 +2,7 @@
 //! spans, refuse invalid spans one by one (partial success), and hand the rest to the route
 //! stage. Overload answers with the codes OTLP clients retry.
 
+pub mod conn;
 pub mod grpc;
 pub mod http;
 
