@@ -118,6 +118,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         max_bytes: config.buffer.max_memory.bytes() / 10 * 9 / shard_count,
         decision_cache: config.buffer.decision_cache_traces / shard_count,
     };
+    let export_queue_max_bytes = intake.max_bytes();
     let intake: Arc<dyn KeptSink> = Arc::new(intake);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut shard_senders = Vec::with_capacity(shard_count);
@@ -156,6 +157,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.tenant.header.clone(),
         config.receive.max_request_bytes.bytes(),
         config.buffer.max_memory.bytes(),
+        export_queue_max_bytes,
     ));
     let grpc_listener = bind(config.receive.grpc_listen, "receive.grpc_listen").await?;
     let http_listener = bind(config.receive.http_listen, "receive.http_listen").await?;

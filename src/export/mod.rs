@@ -49,6 +49,15 @@ pub struct Intake {
     tx: mpsc::UnboundedSender<KeptSpans>,
     max_bytes: i64,
     stats: Arc<Stats>,
+    /// Unix second of the last overflow warning (one line a second, not one per trace).
+    last_warning: std::sync::atomic::AtomicU64,
+}
+
+impl Intake {
+    /// The queue's byte budget; receive refuses new data before it is reached.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes.max(0) as u64
+    }
 }
 
 impl KeptSink for Intake {
@@ -61,7 +70,13 @@ impl KeptSink for Intake {
             self.stats.export_queue_bytes.fetch_sub(bytes, Relaxed);
             self.stats.drop_spans(DropReason::ExportOverflow, n);
             drop_for_tenant(&self.stats, &kept.tenant, DropReason::ExportOverflow, n);
-            tracing::warn!(spans = n, "export queue full; kept spans dropped");
+            let now = unix_now();
+            if self.last_warning.swap(now, Relaxed) != now {
+                tracing::warn!(
+                    dropped_total = self.stats.dropped(DropReason::ExportOverflow),
+                    "export queue full; kept spans dropped (counted as export_overflow)"
+                );
+            }
             return;
         }
         self.stats.export_queue_spans.fetch_add(n as i64, Relaxed);
@@ -87,6 +102,7 @@ pub fn intake(
             tx,
             max_bytes: config.queue_max_bytes.map_or(max_memory / 4, |b| b.0) as i64,
             stats,
+            last_warning: std::sync::atomic::AtomicU64::new(0),
         },
         rx,
     )

@@ -245,7 +245,10 @@ mod tests {
         }
         let mut big = span(3, 1, 0, false);
         big.attributes.push(kv("blob", &"x".repeat(500)));
-        let req = request("a", vec![span(1, 1, 0, false), many, big, span(4, 1, 0, false)]);
+        let req = request(
+            "a",
+            vec![span(1, 1, 0, false), many, big, span(4, 1, 0, false)],
+        );
         let mut opts = options();
         opts.limits = super::ingest::SpanLimits {
             max_attributes_per_span: 4,
@@ -257,7 +260,10 @@ mod tests {
         // size, and span 4 is the second accepted span, within the per-request limit of 2.
         assert_eq!(out.spans.len(), 2);
         assert_eq!(out.rejected, 2);
-        assert!(out.error_message.unwrap().contains("max_attributes_per_span"));
+        assert!(out
+            .error_message
+            .unwrap()
+            .contains("max_attributes_per_span"));
         opts.limits.max_spans_per_request = 1;
         let out = ingest_request(&encoded(&req), None, &opts).unwrap();
         assert_eq!(out.spans.len(), 1);

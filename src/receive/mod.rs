@@ -54,6 +54,7 @@ pub struct Receiver {
     /// Largest request body after decompression.
     pub max_request_bytes: usize,
     max_buffered_bytes: i64,
+    export_high_water: i64,
     accepting: AtomicBool,
 }
 
@@ -66,6 +67,7 @@ impl Receiver {
         tenant_header: String,
         max_request_bytes: usize,
         max_buffered_bytes: usize,
+        export_queue_max_bytes: u64,
     ) -> Self {
         Receiver {
             options,
@@ -74,6 +76,7 @@ impl Receiver {
             tenant_header: tenant_header.to_ascii_lowercase(),
             max_request_bytes,
             max_buffered_bytes: max_buffered_bytes as i64,
+            export_high_water: (export_queue_max_bytes / 4 * 3) as i64,
             accepting: AtomicBool::new(true),
         }
     }
@@ -106,6 +109,15 @@ impl Receiver {
             self.stats.requests_refused.fetch_add(1, Relaxed);
             return Err(ReceiveError::Unavailable(
                 "spans held in memory reached buffer.max_memory; retry later".into(),
+            ));
+        }
+        // Backpressure from a slow backend: refuse new data while the export queue is above
+        // its high-water mark, so what the buffer still decides fits in the rest of the queue
+        // instead of being dropped.
+        if self.stats.export_queue_bytes.load(Relaxed) >= self.export_high_water {
+            self.stats.requests_refused.fetch_add(1, Relaxed);
+            return Err(ReceiveError::Unavailable(
+                "the export queue is nearly full (the backend is slow or down); retry later".into(),
             ));
         }
         if body.len() > self.max_request_bytes {
