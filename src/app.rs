@@ -247,7 +247,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             };
             if tokio::time::timeout(deadline, drain).await.is_err() {
                 let buffered = stats.buffered_spans.load(Relaxed).max(0) as u64;
-                let queued = stats.export_queue_spans.load(Relaxed).max(0) as u64;
+                // Queued spans, plus decided ones still waiting for room in the queue.
+                let queued = (stats.export_queue_spans.load(Relaxed)
+                    + stats.handoff_spans.load(Relaxed))
+                .max(0) as u64;
                 tracing::error!(
                     buffered,
                     queued,

@@ -31,6 +31,8 @@ pub struct Stats {
     pub late_spans: AtomicU64,
     /// Export requests that failed and were retried.
     pub export_retries: AtomicU64,
+    /// Times a shard waited for room in a full export queue (backpressure).
+    pub export_waits: AtomicU64,
     /// Spans not delivered, by reason.
     dropped: [AtomicU64; DropReason::ALL.len()],
     /// Traces decided, by what triggered the decision.
@@ -47,6 +49,8 @@ pub struct Stats {
     pub export_queue_spans: AtomicI64,
     /// Kept spans waiting in the disk spool.
     pub spooled_spans: AtomicI64,
+    /// Kept spans decided by a shard and waiting for room in the export queue.
+    pub handoff_spans: AtomicI64,
     /// Per-tenant counts over sliding windows, and the decision-latency histogram.
     pub tenants: tenant::TenantTable,
 }
@@ -108,7 +112,7 @@ impl Stats {
     /// Prometheus text exposition of every counter and gauge.
     pub fn render_prometheus(&self, out: &mut String) {
         use std::fmt::Write;
-        let counters: [(&str, &str, &AtomicU64); 10] = [
+        let counters: [(&str, &str, &AtomicU64); 11] = [
             (
                 "tailsift_requests_received_total",
                 "OTLP export requests received",
@@ -159,6 +163,11 @@ impl Stats {
                 "Export requests retried",
                 &self.export_retries,
             ),
+            (
+                "tailsift_export_waits_total",
+                "Times a shard waited for room in the full export queue (backpressure)",
+                &self.export_waits,
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(
@@ -185,7 +194,7 @@ impl Stats {
                 self.decided_count(cause)
             );
         }
-        let gauges: [(&str, &str, &AtomicI64); 6] = [
+        let gauges: [(&str, &str, &AtomicI64); 7] = [
             (
                 "tailsift_buffered_spans",
                 "Spans held in the buffer",
@@ -210,6 +219,11 @@ impl Stats {
                 "tailsift_export_queue_spans",
                 "Kept spans waiting for export or in flight",
                 &self.export_queue_spans,
+            ),
+            (
+                "tailsift_handoff_spans",
+                "Kept spans waiting for room in the export queue",
+                &self.handoff_spans,
             ),
             (
                 "tailsift_spooled_spans",

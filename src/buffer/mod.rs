@@ -25,8 +25,22 @@ pub use table::Limits;
 
 /// Where a shard sends kept spans (the export stage's intake).
 pub trait KeptSink: Send + Sync + 'static {
-    /// Takes kept spans; never blocks (overflow is counted by the sink).
-    fn submit(&self, kept: KeptSpans);
+    /// Takes kept spans, waiting while the export queue is full: the wait stops the shard,
+    /// its intake fills, and receive refuses new data with retryable codes — backpressure all
+    /// the way to the client instead of dropping what was already decided.
+    fn submit(
+        &self,
+        kept: KeptSpans,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
+}
+
+/// Hands the kept spans a settle step produced to the sink, in order.
+async fn flush_outbox(outbox: &mut Vec<KeptSpans>, sink: &dyn KeptSink, stats: &Stats) {
+    for kept in outbox.drain(..) {
+        let n = kept.spans.len() as i64;
+        sink.submit(kept).await;
+        stats.handoff_spans.fetch_sub(n, Relaxed);
+    }
 }
 
 /// A batch of spans for one shard.
@@ -80,6 +94,7 @@ pub async fn run_shard(
     stats: Arc<Stats>,
 ) {
     let mut shadow_decider = decider.detached();
+    let mut outbox = Vec::new();
     let mut ready = Vec::new();
     let mut last = Occupancy::default();
     let mut stopping = false;
@@ -119,10 +134,11 @@ pub async fn run_shard(
             &mut decider,
             &mut shadow_decider,
             &inputs,
-            &*sink,
+            &mut outbox,
             &stats,
             &mut tally,
         );
+        flush_outbox(&mut outbox, &*sink, &stats).await;
         last = report(&table, last, &stats);
         // Checked every turn, not only on the timer: a busy intake would starve the timer arm.
         if flushed_at.elapsed() >= TALLY_FLUSH_EVERY {
@@ -137,10 +153,11 @@ pub async fn run_shard(
         &mut decider,
         &mut shadow_decider,
         &inputs,
-        &*sink,
+        &mut outbox,
         &stats,
         &mut tally,
     );
+    flush_outbox(&mut outbox, &*sink, &stats).await;
     report(&table, last, &stats);
     tally.flush(&stats.tenants, unix_now());
 }
@@ -194,7 +211,7 @@ fn settle(
     decider: &mut Decider,
     shadow_decider: &mut Decider,
     inputs: &DecideInputs,
-    sink: &dyn KeptSink,
+    outbox: &mut Vec<KeptSpans>,
     stats: &Stats,
     tally: &mut TenantTally,
 ) {
@@ -223,7 +240,7 @@ fn settle(
                 if decision.keep {
                     stats.traces_kept.fetch_add(1, Relaxed);
                 }
-                hand_on(sink, stats, trace.tenant, decision, trace.spans);
+                hand_on(outbox, stats, trace.tenant, decision, trace.spans);
             }
             Ready::Late {
                 tenant,
@@ -232,7 +249,7 @@ fn settle(
             } => {
                 stats.late_spans.fetch_add(spans.len() as u64, Relaxed);
                 tally.late(&tenant, &decision, spans.len() as u64);
-                hand_on(sink, stats, tenant, decision, spans);
+                hand_on(outbox, stats, tenant, decision, spans);
             }
         }
     }
@@ -245,7 +262,7 @@ fn settle(
 
 /// Sends kept spans on to export, or counts dropped ones with their reason.
 fn hand_on(
-    sink: &dyn KeptSink,
+    outbox: &mut Vec<KeptSpans>,
     stats: &Stats,
     tenant: crate::model::TenantId,
     decision: crate::model::Decision,
@@ -254,7 +271,8 @@ fn hand_on(
     let n = spans.len() as u64;
     if decision.keep {
         stats.spans_kept.fetch_add(n, Relaxed);
-        sink.submit(KeptSpans {
+        stats.handoff_spans.fetch_add(n as i64, Relaxed);
+        outbox.push(KeptSpans {
             tenant,
             decision,
             spans,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rand::Rng;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -44,49 +44,76 @@ fn spans_per_tenant(batch: &[KeptSpans]) -> Vec<(TenantId, u64)> {
     out
 }
 
-/// The exporter's intake: shards submit kept spans here without blocking.
+/// Kept spans in the export queue, holding their share of the queue's byte budget until
+/// their batch is delivered, spooled or counted as failed.
+pub struct Queued {
+    kept: KeptSpans,
+    room: OwnedSemaphorePermit,
+}
+
+/// The exporter's intake: shards submit kept spans here and wait while the queue is full.
 pub struct Intake {
-    tx: mpsc::UnboundedSender<KeptSpans>,
-    max_bytes: i64,
+    tx: mpsc::UnboundedSender<Queued>,
+    room: Arc<Semaphore>,
+    max_bytes: u64,
     stats: Arc<Stats>,
-    /// Unix second of the last overflow warning (one line a second, not one per trace).
-    last_warning: std::sync::atomic::AtomicU64,
 }
 
 impl Intake {
     /// The queue's byte budget; receive refuses new data before it is reached.
     pub fn max_bytes(&self) -> u64 {
-        self.max_bytes.max(0) as u64
+        self.max_bytes
     }
 }
 
 impl KeptSink for Intake {
-    fn submit(&self, kept: KeptSpans) {
-        let bytes: i64 = kept.spans.iter().map(|s| s.accounted_bytes() as i64).sum();
-        let n = kept.spans.len() as u64;
-        // The queue is bounded in bytes: past the budget, spans are dropped and counted.
-        let before = self.stats.export_queue_bytes.fetch_add(bytes, Relaxed);
-        if before + bytes > self.max_bytes && before > 0 {
-            self.stats.export_queue_bytes.fetch_sub(bytes, Relaxed);
-            self.stats.drop_spans(DropReason::ExportOverflow, n);
-            drop_for_tenant(&self.stats, &kept.tenant, DropReason::ExportOverflow, n);
-            let now = unix_now();
-            if self.last_warning.swap(now, Relaxed) != now {
-                tracing::warn!(
-                    dropped_total = self.stats.dropped(DropReason::ExportOverflow),
-                    "export queue full; kept spans dropped (counted as export_overflow)"
-                );
+    fn submit(
+        &self,
+        kept: KeptSpans,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let bytes: u64 = kept.spans.iter().map(|s| s.accounted_bytes() as u64).sum();
+            let n = kept.spans.len() as i64;
+            // One trace larger than the whole queue still goes through, alone.
+            let permits = bytes
+                .clamp(1, self.max_bytes.max(1))
+                .min(u64::from(u32::MAX)) as u32;
+            let room = match self.room.clone().try_acquire_many_owned(permits) {
+                Ok(room) => room,
+                Err(_) => {
+                    self.stats.export_waits.fetch_add(1, Relaxed);
+                    match self.room.clone().acquire_many_owned(permits).await {
+                        Ok(room) => room,
+                        Err(_) => {
+                            // Closed only if the exporter is gone: nothing can send these.
+                            self.stats
+                                .drop_spans(DropReason::ShutdownDeadline, n as u64);
+                            drop_for_tenant(
+                                &self.stats,
+                                &kept.tenant,
+                                DropReason::ShutdownDeadline,
+                                n as u64,
+                            );
+                            return;
+                        }
+                    }
+                }
+            };
+            self.stats
+                .export_queue_bytes
+                .fetch_add(bytes as i64, Relaxed);
+            self.stats.export_queue_spans.fetch_add(n, Relaxed);
+            if let Err(err) = self.tx.send(Queued { kept, room }) {
+                self.stats
+                    .export_queue_bytes
+                    .fetch_sub(bytes as i64, Relaxed);
+                self.stats.export_queue_spans.fetch_sub(n, Relaxed);
+                let kept = err.0.kept;
+                let n = kept.spans.len() as u64;
+                self.stats.drop_spans(DropReason::ShutdownDeadline, n);
+                drop_for_tenant(&self.stats, &kept.tenant, DropReason::ShutdownDeadline, n);
             }
-            return;
-        }
-        self.stats.export_queue_spans.fetch_add(n as i64, Relaxed);
-        if let Err(err) = self.tx.send(kept) {
-            self.stats.export_queue_bytes.fetch_sub(bytes, Relaxed);
-            self.stats.export_queue_spans.fetch_sub(n as i64, Relaxed);
-            let n = err.0.spans.len() as u64;
-            self.stats.drop_spans(DropReason::ShutdownDeadline, n);
-            drop_for_tenant(&self.stats, &err.0.tenant, DropReason::ShutdownDeadline, n);
-        }
+        })
     }
 }
 
@@ -95,14 +122,18 @@ pub fn intake(
     config: &ExportConfig,
     max_memory: u64,
     stats: Arc<Stats>,
-) -> (Intake, mpsc::UnboundedReceiver<KeptSpans>) {
+) -> (Intake, mpsc::UnboundedReceiver<Queued>) {
     let (tx, rx) = mpsc::unbounded_channel();
+    let max_bytes = config
+        .queue_max_bytes
+        .map_or(max_memory / 4, |b| b.0)
+        .clamp(1, Semaphore::MAX_PERMITS as u64);
     (
         Intake {
             tx,
-            max_bytes: config.queue_max_bytes.map_or(max_memory / 4, |b| b.0) as i64,
+            room: Arc::new(Semaphore::new(max_bytes as usize)),
+            max_bytes,
             stats,
-            last_warning: std::sync::atomic::AtomicU64::new(0),
         },
         rx,
     )
@@ -120,7 +151,7 @@ struct Retry {
 /// a batch the backend refuses with a retryable error goes to disk at once (memory stays
 /// bounded through long outages) and a replay task sends spooled batches oldest first.
 pub async fn run(
-    mut rx: mpsc::UnboundedReceiver<KeptSpans>,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
     sink: Sink,
     config: ExportConfig,
     annotation_keys: AnnotationKeys,
@@ -145,23 +176,26 @@ pub async fn run(
         ))
     });
     let mut batch: Vec<KeptSpans> = Vec::new();
+    let mut rooms: Vec<OwnedSemaphorePermit> = Vec::new();
     let mut batch_spans = 0usize;
     let mut open = true;
     while open {
         // Wait for the first entry of a batch, then fill until full or the timeout.
         match rx.recv().await {
-            Some(kept) => {
-                batch_spans += kept.spans.len();
-                batch.push(kept);
+            Some(queued) => {
+                batch_spans += queued.kept.spans.len();
+                batch.push(queued.kept);
+                rooms.push(queued.room);
             }
             None => break,
         }
         let flush_at = Instant::now() + config.batch_timeout.0;
         while batch_spans < config.batch_max_spans {
             match tokio::time::timeout_at(flush_at, rx.recv()).await {
-                Ok(Some(kept)) => {
-                    batch_spans += kept.spans.len();
-                    batch.push(kept);
+                Ok(Some(queued)) => {
+                    batch_spans += queued.kept.spans.len();
+                    batch.push(queued.kept);
+                    rooms.push(queued.room);
                 }
                 Ok(None) => {
                     open = false;
@@ -175,6 +209,7 @@ pub async fn run(
         };
         let tenants = spans_per_tenant(&batch);
         let batch = std::mem::take(&mut batch);
+        let rooms = std::mem::take(&mut rooms);
         let spans = std::mem::take(&mut batch_spans) as u64;
         let (sink, stats, retry, keys, spool) = (
             sink.clone(),
@@ -228,6 +263,8 @@ pub async fn run(
             stats
                 .tenants
                 .add_all(unix_now(), counts.iter().map(|(t, c)| (t, c)));
+            // The batch's room in the queue frees only now: delivered, spooled or counted.
+            drop(rooms);
             drop(permit);
         });
         while tasks.try_join_next().is_some() {}
