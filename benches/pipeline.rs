@@ -100,6 +100,7 @@ fn options() -> IngestOptions {
         tenant_attribute: "tenant.id".into(),
         default_tenant: TenantId::new("default"),
         reserved_attributes: vec!["SampleRate".into(), "tailsift.rule".into()],
+        limits: Default::default(),
     }
 }
 

@@ -10,6 +10,7 @@ pub fn exercise_request(body: bytes::Bytes) {
         tenant_attribute: "tenant.id".into(),
         default_tenant: TenantId::new("default"),
         reserved_attributes: vec!["SampleRate".into(), "tailsift.rule".into()],
+        limits: Default::default(),
     };
     let Ok(ingested) = tailsift::otlp::ingest::ingest_request(&body, None, &options) else {
         return;
@@ -62,6 +63,7 @@ pub fn exercise_rules(rules: &tailsift::rules::RuleSet) {
         tenant_attribute: "tenant.id".into(),
         default_tenant: TenantId::new("acme"),
         reserved_attributes: Vec::new(),
+        limits: Default::default(),
     };
     let mut request = vec![0x0a, 0];
     let mut scope_spans = vec![0x12, span.len() as u8];
