@@ -19,6 +19,7 @@ pub const NO_RULE: &str = "(no rule)";
 /// Turns rule verdicts into decisions; owned by one buffer shard (no shared state).
 pub struct Decider {
     rule_names: HashMap<String, Arc<str>>,
+    recent: Vec<Arc<str>>,
     samplers: ShardSamplers,
 }
 
@@ -57,6 +58,7 @@ impl Decider {
     pub fn new(samplers: ShardSamplers) -> Self {
         Decider {
             rule_names: HashMap::new(),
+            recent: Vec::with_capacity(8),
             samplers,
         }
     }
@@ -96,11 +98,22 @@ impl Decider {
     }
 
     fn intern(&mut self, name: &str) -> Arc<str> {
-        if let Some(n) = self.rule_names.get(name) {
+        // Most decisions repeat the last few rules: a short scan beats hashing the name.
+        if let Some(n) = self.recent.iter().find(|n| ***n == *name) {
             return n.clone();
         }
-        let n: Arc<str> = Arc::from(name);
-        self.rule_names.insert(name.to_string(), n.clone());
+        let n = match self.rule_names.get(name) {
+            Some(n) => n.clone(),
+            None => {
+                let n: Arc<str> = Arc::from(name);
+                self.rule_names.insert(name.to_string(), n.clone());
+                n
+            }
+        };
+        if self.recent.len() == 8 {
+            self.recent.remove(0);
+        }
+        self.recent.push(n.clone());
         n
     }
 }

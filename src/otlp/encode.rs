@@ -32,6 +32,7 @@ pub struct BatchEncoder {
     keys: AnnotationKeys,
     groups: Vec<Group>,
     by_hash: HashMap<u64, Vec<usize>>,
+    by_ptr: HashMap<usize, usize>,
     merged_tracestates: Vec<u8>,
 }
 
@@ -48,6 +49,7 @@ impl BatchEncoder {
             keys,
             groups: Vec::new(),
             by_hash: HashMap::new(),
+            by_ptr: HashMap::new(),
             merged_tracestates: Vec::new(),
         }
     }
@@ -56,6 +58,7 @@ impl BatchEncoder {
     pub fn encode(&mut self, batch: &[KeptSpans], out: &mut Vec<u8>) {
         self.groups.clear();
         self.by_hash.clear();
+        self.by_ptr.clear();
         self.merged_tracestates.clear();
         for (entry_idx, entry) in batch.iter().enumerate() {
             let mut last: Option<(*const Origin, usize)> = None;
@@ -120,6 +123,18 @@ impl BatchEncoder {
     }
 
     fn group_for(&mut self, origin: &Arc<Origin>) -> usize {
+        // Each distinct Arc is compared by content once per batch; its spans then find their
+        // group by pointer (spans of one request share one Arc per resource and scope).
+        let ptr = Arc::as_ptr(origin) as usize;
+        if let Some(&g) = self.by_ptr.get(&ptr) {
+            return g;
+        }
+        let g = self.group_by_content(origin);
+        self.by_ptr.insert(ptr, g);
+        g
+    }
+
+    fn group_by_content(&mut self, origin: &Arc<Origin>) -> usize {
         let candidates = self.by_hash.entry(origin.content_hash).or_default();
         for &g in candidates.iter() {
             let existing = &self.groups[g].origin;
