@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what the tests need (the Python
-# OpenTelemetry SDK for the interop test), runs every Rust test, then a short smoke run of the
-# benchmark harness (harness correctness only; no timing is asserted).
+# OpenTelemetry SDK and a Prometheus text parser for the interop and metrics tests), runs every
+# Rust test, a short smoke run of the benchmark harness (harness correctness only; no timing is
+# asserted), and each fuzz target for FUZZ_SECONDS (default 30).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +12,8 @@ python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requ
 echo "== cargo test"
 cargo test --locked --all-targets
 
-if [ -x scripts/bench.sh ] && [ -d loadgen ]; then
-  echo "== benchmark harness smoke run"
-  scripts/bench.sh --smoke
-fi
+echo "== benchmark harness smoke run"
+scripts/bench.sh --smoke
+
+echo "== fuzz targets"
+FUZZ_SECONDS="${FUZZ_SECONDS:-30}" scripts/fuzz.sh
