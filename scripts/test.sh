@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what the tests need (the Python
-# OpenTelemetry SDK and a Prometheus text parser for the interop and metrics tests), runs every
+# OpenTelemetry SDK and a Prometheus text parser for the interop and metrics tests; Debian's
+# chromium for the dashboard test), runs every
 # Rust test, a short smoke run of the benchmark harness (harness correctness only; no timing is
 # asserted), and each fuzz target for FUZZ_SECONDS (default 30).
 set -euo pipefail
@@ -8,6 +9,17 @@ cd "$(dirname "$0")/.."
 
 echo "== installing Python test dependencies"
 python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
+
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "== installing Debian's chromium (the dashboard test drives it headless)"
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "cannot install chromium here (needs root and apt-get); install it, then rerun" >&2
+    exit 1
+  fi
+fi
+export TAILSIFT_REQUIRE_CHROMIUM=1
 
 echo "== cargo test"
 cargo test --locked --all-targets
