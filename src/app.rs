@@ -172,6 +172,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let server = tonic::transport::Server::builder()
             .concurrency_limit_per_connection(config.receive.max_concurrent_requests)
             .tcp_nodelay(true)
+            // OTLP requests run to hundreds of KiB: HTTP/2's default 64 KiB windows would
+            // stall each one on flow-control round trips.
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(16 << 20))
+            .max_frame_size(Some(1 << 20))
             .add_service(svc);
         let incoming =
             receive::conn::LimitedListener::new(grpc_listener, config.receive.max_connections)

@@ -109,7 +109,10 @@ impl Sink {
                     .map_err(|_| SinkError::Endpoint(config.endpoint.clone()))?
                     .timeout(config.request_timeout.0)
                     .connect_timeout(Duration::from_secs(5))
-                    .tcp_nodelay(true);
+                    .tcp_nodelay(true)
+                    // Export requests are MiBs: larger HTTP/2 windows avoid flow-control stalls.
+                    .initial_stream_window_size(Some(8 << 20))
+                    .initial_connection_window_size(Some(32 << 20));
                 let channel = endpoint.connect_lazy();
                 Ok(Sink::Grpc(tonic::client::Grpc::new(channel)))
             }
