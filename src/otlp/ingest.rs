@@ -100,6 +100,27 @@ pub fn ingest_request(
     Ok(out)
 }
 
+/// `ResourceSpans` and `ScopeSpans` share one shape: field 1 holds one message (resource or
+/// scope), field 2 the repeated children (scope spans or spans), field 3 the schema URL.
+/// Pushes the children's ranges and returns the ranges of fields 1 and 3, all within `body`.
+fn read_container(
+    body: &[u8],
+    children: &mut Vec<std::ops::Range<usize>>,
+) -> Result<(std::ops::Range<usize>, std::ops::Range<usize>), WireError> {
+    let mut reader = Reader::new(body);
+    let mut head = 0..0;
+    let mut schema = 0..0;
+    while let Some((field, wire_type)) = reader.key()? {
+        match field {
+            1 => head = reader.expect_len(wire_type)?,
+            2 => children.push(reader.expect_len(wire_type)?),
+            3 => schema = reader.expect_len(wire_type)?,
+            _ => reader.skip(wire_type)?,
+        }
+    }
+    Ok((head, schema))
+}
+
 fn read_resource_spans(
     request: &Bytes,
     range: std::ops::Range<usize>,
@@ -108,19 +129,8 @@ fn read_resource_spans(
     out: &mut Ingested,
 ) -> Result<(), WireError> {
     let base = range.start;
-    let body = &request[range];
-    let mut reader = Reader::new(body);
-    let mut resource = 0..0;
-    let mut schema = 0..0;
     let mut scopes = Vec::new();
-    while let Some((field, wire_type)) = reader.key()? {
-        match field {
-            1 => resource = reader.expect_len(wire_type)?,
-            2 => scopes.push(reader.expect_len(wire_type)?),
-            3 => schema = reader.expect_len(wire_type)?,
-            _ => reader.skip(wire_type)?,
-        }
-    }
+    let (resource, schema) = read_container(&request[range], &mut scopes)?;
     // Origins are copied out so a held span never pins the request buffer through them.
     let resource_bytes =
         Bytes::copy_from_slice(&request[base + resource.start..base + resource.end]);
@@ -155,18 +165,8 @@ fn read_scope_spans(
 ) -> Result<(), WireError> {
     let base = range.start;
     let body = &request[range];
-    let mut reader = Reader::new(body);
-    let mut scope = 0..0;
-    let mut schema = 0..0;
     let mut span_ranges = Vec::new();
-    while let Some((field, wire_type)) = reader.key()? {
-        match field {
-            1 => scope = reader.expect_len(wire_type)?,
-            2 => span_ranges.push(reader.expect_len(wire_type)?),
-            3 => schema = reader.expect_len(wire_type)?,
-            _ => reader.skip(wire_type)?,
-        }
-    }
+    let (scope, schema) = read_container(body, &mut span_ranges)?;
     let scope = Bytes::copy_from_slice(&request[base + scope.start..base + scope.end]);
     let scope_schema_url = Bytes::copy_from_slice(&request[base + schema.start..base + schema.end]);
     let mut hasher = Fnv64::default();
