@@ -89,7 +89,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         }
     };
     let nanos = value * nanos_per_unit;
-    if !nanos.is_finite() || nanos < 0.0 || nanos > 1e18 {
+    if !nanos.is_finite() || !(0.0..=1e18).contains(&nanos) {
         return Err(format!("duration {s:?} is out of range"));
     }
     Ok(Duration::from_nanos(nanos as u64))

@@ -83,18 +83,53 @@ impl DecideInputs {
     }
 }
 
+/// A shard's deciding state: its decider, a separate one for shadow rules, and the kept
+/// traces waiting to be handed to export.
+struct Deciding {
+    decider: Decider,
+    shadow_decider: Decider,
+    outbox: Vec<KeptSpans>,
+}
+
+/// Decides what `ready` holds, then hands the kept traces on (waiting for room if the export
+/// queue is full).
+async fn decide_ready(
+    table: &mut Table,
+    ready: &mut Vec<Ready>,
+    deciding: &mut Deciding,
+    inputs: &DecideInputs,
+    sink: &dyn KeptSink,
+    stats: &Stats,
+    tally: &mut TenantTally,
+) {
+    settle(
+        table,
+        ready,
+        &mut deciding.decider,
+        &mut deciding.shadow_decider,
+        inputs,
+        &mut deciding.outbox,
+        stats,
+        tally,
+    );
+    flush_outbox(&mut deciding.outbox, sink, stats).await;
+}
+
 /// Runs one shard until its intake closes, then decides everything it still holds.
 pub async fn run_shard(
     mut table: Table,
     mut intake: mpsc::Receiver<ShardMsg>,
     mut stop: watch::Receiver<bool>,
     inputs: DecideInputs,
-    mut decider: Decider,
+    decider: Decider,
     sink: Arc<dyn KeptSink>,
     stats: Arc<Stats>,
 ) {
-    let mut shadow_decider = decider.detached();
-    let mut outbox = Vec::new();
+    let mut deciding = Deciding {
+        shadow_decider: decider.detached(),
+        decider,
+        outbox: Vec::new(),
+    };
     let mut ready = Vec::new();
     let mut last = Occupancy::default();
     let mut stopping = false;
@@ -128,17 +163,16 @@ pub async fn run_shard(
             }
             _ = sleep_until(flush_due), if flush_due.is_some() => {}
         }
-        settle(
+        decide_ready(
             &mut table,
             &mut ready,
-            &mut decider,
-            &mut shadow_decider,
+            &mut deciding,
             &inputs,
-            &mut outbox,
+            &*sink,
             &stats,
             &mut tally,
-        );
-        flush_outbox(&mut outbox, &*sink, &stats).await;
+        )
+        .await;
         last = report(&table, last, &stats);
         // Checked every turn, not only on the timer: a busy intake would starve the timer arm.
         if flushed_at.elapsed() >= TALLY_FLUSH_EVERY {
@@ -147,17 +181,16 @@ pub async fn run_shard(
         }
     }
     table.drain(&mut ready);
-    settle(
+    decide_ready(
         &mut table,
         &mut ready,
-        &mut decider,
-        &mut shadow_decider,
+        &mut deciding,
         &inputs,
-        &mut outbox,
+        &*sink,
         &stats,
         &mut tally,
-    );
-    flush_outbox(&mut outbox, &*sink, &stats).await;
+    )
+    .await;
     report(&table, last, &stats);
     tally.flush(&stats.tenants, unix_now());
 }

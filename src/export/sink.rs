@@ -63,6 +63,8 @@ pub enum SinkError {
 }
 
 /// An export destination.
+// One per process, cloned per batch: boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub enum Sink {
     /// OTLP/JSON lines.
