@@ -424,6 +424,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::disallowed_methods)] // a synchronous test polling the watcher thread
     fn rewriting_the_rules_file_via_rename_switches_live_rules_within_two_seconds() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rules.toml");
@@ -447,6 +448,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::disallowed_methods)] // a synchronous test polling the watcher thread
     fn watched_broken_rewrite_keeps_old_rules_and_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rules.toml");

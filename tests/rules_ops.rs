@@ -1,6 +1,8 @@
 //! Rules operations through the real binary: `rules test`, runtime tenant tags (CLI and admin
 //! API, across a restart), reload by signal / file watch / API, and shadow rules on real
 //! traffic. Self-contained: each test starts `tailsift run` on loopback ports chosen by the OS.
+// Synchronous CLI tests wait with thread sleeps between child processes.
+#![allow(clippy::disallowed_methods)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

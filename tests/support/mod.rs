@@ -11,6 +11,8 @@
 //!
 //! Each integration test binary uses only part of this module, hence the `dead_code` allow.
 #![allow(dead_code, unused_imports)]
+// Process and subprocess helpers poll from plain threads, never from async code.
+#![allow(clippy::disallowed_methods)]
 
 pub mod backend;
 pub mod client;
