@@ -129,25 +129,29 @@ impl Table {
         let mut late: Vec<(TraceId, SpanRecord)> = Vec::new();
         for span in batch {
             let trace_id = span.index.trace_id;
-            if let Some(entry) = self.traces.get_mut(&trace_id) {
-                if span.index.is_root() && !entry.has_root {
-                    entry.has_root = true;
-                    let due = now + self.limits.root_grace;
-                    if due < entry.deadline {
-                        entry.deadline = due;
-                        self.deadlines.push(Reverse((due, trace_id)));
+            let vacant = match self.traces.entry(trace_id) {
+                std::collections::hash_map::Entry::Occupied(entry) => {
+                    let entry = entry.into_mut();
+                    if span.index.is_root() && !entry.has_root {
+                        entry.has_root = true;
+                        let due = now + self.limits.root_grace;
+                        if due < entry.deadline {
+                            entry.deadline = due;
+                            self.deadlines.push(Reverse((due, trace_id)));
+                        }
                     }
+                    let size = span.accounted_bytes();
+                    entry.bytes += size;
+                    self.bytes += size;
+                    self.spans += 1;
+                    entry.spans.push(span);
+                    if entry.spans.len() >= self.limits.max_spans_per_trace {
+                        self.complete(trace_id, DecideCause::SpanLimit, out);
+                    }
+                    continue;
                 }
-                let size = span.accounted_bytes();
-                entry.bytes += size;
-                self.bytes += size;
-                self.spans += 1;
-                entry.spans.push(span);
-                if entry.spans.len() >= self.limits.max_spans_per_trace {
-                    self.complete(trace_id, DecideCause::SpanLimit, out);
-                }
-                continue;
-            }
+                std::collections::hash_map::Entry::Vacant(vacant) => vacant,
+            };
             if self.decisions.contains_key(&trace_id) {
                 late.push((trace_id, span));
                 continue;
@@ -164,17 +168,17 @@ impl Table {
             self.spans += 1;
             let tenant = span.origin.tenant.clone();
             new_trace(&tenant);
-            self.traces.insert(
-                trace_id,
-                Entry {
-                    spans: vec![span],
-                    tenant,
-                    first_seen: now,
-                    deadline,
-                    has_root: is_root,
-                    bytes: size,
-                },
-            );
+            // Traces average ~10 spans; starting at 4 skips the 1-element allocation.
+            let mut spans = Vec::with_capacity(4);
+            spans.push(span);
+            vacant.insert(Entry {
+                spans,
+                tenant,
+                first_seen: now,
+                deadline,
+                has_root: is_root,
+                bytes: size,
+            });
             self.deadlines.push(Reverse((deadline, trace_id)));
             self.arrivals.push_back((now, trace_id));
             if self.limits.max_spans_per_trace <= 1 {
