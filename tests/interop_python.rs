@@ -8,32 +8,10 @@ mod support;
 
 use std::time::Duration;
 
-use support::interop::{assert_spans_arrived, run_python_sender, PythonArgs};
-use support::{RecordedSpan, RecordingBackend, TailsiftProcess, KEEP_ALL_RULES};
-
-/// Every span must carry the keep-all rule's annotations, exactly once each.
-fn assert_annotated(s: &RecordedSpan) {
-    assert_eq!(
-        s.attr_i64("SampleRate"),
-        Some(1),
-        "SampleRate of span {} ({})",
-        s.span_id_hex(),
-        s.span.name
-    );
-    assert_eq!(
-        s.attr_count("SampleRate"),
-        1,
-        "SampleRate appears once on span {}",
-        s.span_id_hex()
-    );
-    assert_eq!(
-        s.attr_str("tailsift.rule"),
-        Some("all"),
-        "tailsift.rule of span {} ({})",
-        s.span_id_hex(),
-        s.span.name
-    );
-}
+use support::interop::{
+    assert_keep_all_annotations, assert_spans_arrived, run_python_sender, PythonArgs,
+};
+use support::{RecordingBackend, TailsiftProcess, KEEP_ALL_RULES};
 
 async fn python_sdk_through_proxy(compression: &'static str) {
     let backend = RecordingBackend::start().await;
@@ -51,7 +29,13 @@ async fn python_sdk_through_proxy(compression: &'static str) {
     assert_eq!(run.trace_count, 6, "the Python driver made 6 traces");
     assert_eq!(run.spans.len(), 24, "4 spans per trace");
 
-    assert_spans_arrived(&backend, &run, Duration::from_secs(20), assert_annotated).await;
+    assert_spans_arrived(
+        &backend,
+        &run,
+        Duration::from_secs(20),
+        assert_keep_all_annotations,
+    )
+    .await;
     assert_eq!(
         backend.span_count(),
         run.spans.len(),

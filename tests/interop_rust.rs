@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::interop::assert_spans_arrived;
+use support::interop::{assert_keep_all_annotations, assert_spans_arrived};
 use support::{RecordingBackend, TailsiftProcess, KEEP_ALL_RULES};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -18,27 +18,12 @@ async fn rust_sdk_spans_pass_through_intact() {
     let run = rust_sdk::export_with_rust_sdk(proxy.grpc, "rust-tenant", 5, true).await;
     assert_eq!(run.spans.len(), 20, "4 spans per trace");
 
-    assert_spans_arrived(&backend, &run, Duration::from_secs(20), |s| {
-        assert_eq!(
-            s.attr_i64("SampleRate"),
-            Some(1),
-            "SampleRate of span {} ({})",
-            s.span_id_hex(),
-            s.span.name
-        );
-        assert_eq!(
-            s.attr_count("SampleRate"),
-            1,
-            "SampleRate appears once on span {}",
-            s.span_id_hex()
-        );
-        assert_eq!(
-            s.attr_str("tailsift.rule"),
-            Some("all"),
-            "tailsift.rule of span {}",
-            s.span_id_hex()
-        );
-    })
+    assert_spans_arrived(
+        &backend,
+        &run,
+        Duration::from_secs(20),
+        assert_keep_all_annotations,
+    )
     .await;
     assert_eq!(
         backend.span_count(),

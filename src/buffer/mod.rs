@@ -133,6 +133,7 @@ pub async fn run_shard(
     let mut ready = Vec::new();
     let mut last = Occupancy::default();
     let mut stopping = false;
+    let mut closed = false;
     // Per-tenant counts stay local (no lock, no atomics) and are merged about once a second.
     let mut tally = TenantTally::new(stats.tenants.max_tenants());
     let mut flushed_at = Instant::now();
@@ -151,7 +152,11 @@ pub async fn run_shard(
                 Some(ShardMsg::Lookup(trace_id, reply)) => {
                     let _ = reply.send(table.lookup(&trace_id));
                 }
-                None => break,
+                // Intake closed (shutdown): this last turn decides everything still held.
+                None => {
+                    table.drain(&mut ready);
+                    closed = true;
+                }
             },
             // Shutdown: refuse new batches, finish the queued ones, then drain.
             _ = stop.wait_for(|s| *s), if !stopping => {
@@ -174,24 +179,15 @@ pub async fn run_shard(
         )
         .await;
         last = report(&table, last, &stats);
+        if closed {
+            break;
+        }
         // Checked every turn, not only on the timer: a busy intake would starve the timer arm.
         if flushed_at.elapsed() >= TALLY_FLUSH_EVERY {
             tally.flush(&stats.tenants, unix_now());
             flushed_at = Instant::now();
         }
     }
-    table.drain(&mut ready);
-    decide_ready(
-        &mut table,
-        &mut ready,
-        &mut deciding,
-        &inputs,
-        &*sink,
-        &stats,
-        &mut tally,
-    )
-    .await;
-    report(&table, last, &stats);
     tally.flush(&stats.tenants, unix_now());
 }
 

@@ -344,3 +344,27 @@ pub async fn assert_spans_arrived(
         extra(g);
     }
 }
+
+/// Every span must carry the keep-all rule's annotations, exactly once each.
+pub fn assert_keep_all_annotations(s: &RecordedSpan) {
+    assert_eq!(
+        s.attr_i64("SampleRate"),
+        Some(1),
+        "SampleRate of span {} ({})",
+        s.span_id_hex(),
+        s.span.name
+    );
+    assert_eq!(
+        s.attr_count("SampleRate"),
+        1,
+        "SampleRate appears once on span {}",
+        s.span_id_hex()
+    );
+    assert_eq!(
+        s.attr_str("tailsift.rule"),
+        Some("all"),
+        "tailsift.rule of span {} ({})",
+        s.span_id_hex(),
+        s.span.name
+    );
+}
