@@ -171,6 +171,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Per-tenant statistics.
     pub stats: StatsConfig,
+    /// Running as one node of a cluster; absent: a single node that owns every trace.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// `[receive]`: OTLP listeners and request limits.
@@ -421,6 +423,193 @@ impl Default for StatsConfig {
     }
 }
 
+/// How a cluster finds its members.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MembershipKind {
+    /// `peers` lists every member (re-read on SIGHUP and the rules reload API).
+    Static,
+    /// `dns_name` re-resolved every `dns_interval` (A/AAAA with `dns_port`, or SRV).
+    Dns,
+    /// Members register themselves in Redis with a TTL.
+    Redis,
+}
+
+/// `[cluster]`: membership, the peer listener and forwarding between peers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// static | dns | redis.
+    pub membership: MembershipKind,
+    /// Listen address of the peer protocol.
+    #[serde(default = "default_peer_listen")]
+    pub peer_listen: SocketAddr,
+    /// How the other members reach this node (`host:port`); default: this host's name and
+    /// the `peer_listen` port.
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// static: every member's advertise address, this node's included.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// dns: the name to resolve (A/AAAA records, or SRV records when it starts with `_`).
+    #[serde(default)]
+    pub dns_name: Option<String>,
+    /// dns: the peer port for A/AAAA records (SRV records carry their own).
+    #[serde(default = "default_dns_port")]
+    pub dns_port: u16,
+    /// dns: how often `dns_name` is resolved again.
+    #[serde(default = "default_dns_interval")]
+    pub dns_interval: HumanDuration,
+    /// dns: ask this server (`ip:port`, UDP) instead of the system resolver.
+    #[serde(default)]
+    pub dns_server: Option<SocketAddr>,
+    /// redis: where members register (`redis://host:port/db`).
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// redis: prefix of every key and channel, so several clusters can share one Redis.
+    #[serde(default = "default_redis_prefix")]
+    pub redis_prefix: String,
+    /// redis: a member that has not renewed its registration for this long is gone.
+    #[serde(default = "default_member_ttl")]
+    pub member_ttl: HumanDuration,
+    /// Spans queued for one peer, in bytes (counted in `buffer.max_memory`); when full,
+    /// requests with spans for that peer are refused with retryable codes.
+    #[serde(default = "default_forward_queue_max_bytes")]
+    pub forward_queue_max_bytes: ByteSize,
+    /// Most spans in one forwarded batch.
+    #[serde(default = "default_forward_batch_max_spans")]
+    pub forward_batch_max_spans: usize,
+    /// Longest a span waits for its forwarded batch to fill.
+    #[serde(default = "default_forward_batch_timeout")]
+    pub forward_batch_timeout: HumanDuration,
+    /// Timeout of one forward call to a peer.
+    #[serde(default = "default_forward_timeout")]
+    pub forward_timeout: HumanDuration,
+    /// First retry delay of a failed forward (doubled per attempt up to `forward_retry_max`).
+    #[serde(default = "default_forward_retry_initial")]
+    pub forward_retry_initial: HumanDuration,
+    /// Longest retry delay of a failed forward.
+    #[serde(default = "default_forward_retry_max")]
+    pub forward_retry_max: HumanDuration,
+}
+
+fn default_peer_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 4319))
+}
+fn default_dns_port() -> u16 {
+    4319
+}
+fn default_dns_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_redis_prefix() -> String {
+    "tailsift".into()
+}
+fn default_member_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_forward_queue_max_bytes() -> ByteSize {
+    ByteSize(64 << 20)
+}
+fn default_forward_batch_max_spans() -> usize {
+    2048
+}
+fn default_forward_batch_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_millis(20))
+}
+fn default_forward_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_forward_retry_initial() -> HumanDuration {
+    HumanDuration(Duration::from_millis(50))
+}
+fn default_forward_retry_max() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2))
+}
+
+impl ClusterConfig {
+    /// This node's advertise address: `advertise`, else the host name and the peer port.
+    pub fn advertise_address(&self) -> String {
+        match &self.advertise {
+            Some(a) => a.clone(),
+            None => {
+                let host = std::env::var("HOSTNAME")
+                    .ok()
+                    .filter(|h| !h.is_empty())
+                    .or_else(|| {
+                        std::fs::read_to_string("/etc/hostname")
+                            .ok()
+                            .map(|h| h.trim().to_string())
+                            .filter(|h| !h.is_empty())
+                    })
+                    .unwrap_or_else(|| "localhost".into());
+                format!("{host}:{}", self.peer_listen.port())
+            }
+        }
+    }
+
+    fn problems(&self, out: &mut Vec<String>) {
+        match self.membership {
+            MembershipKind::Static => {
+                if self.peers.is_empty() {
+                    out.push("cluster.peers must list every member (this node's advertise address included) when cluster.membership = \"static\"".into());
+                }
+                for p in &self.peers {
+                    if !valid_host_port(p) {
+                        out.push(format!("cluster.peers: {p:?} is not host:port"));
+                    }
+                }
+            }
+            MembershipKind::Dns => {
+                if self.dns_name.as_deref().is_none_or(str::is_empty) {
+                    out.push(
+                        "cluster.dns_name is required when cluster.membership = \"dns\"".into(),
+                    );
+                }
+                if self.dns_interval.0 < Duration::from_millis(100) {
+                    out.push("cluster.dns_interval must be at least 100ms".into());
+                }
+            }
+            MembershipKind::Redis => match self.redis_url.as_deref() {
+                None | Some("") => out.push(
+                    "cluster.redis_url is required when cluster.membership = \"redis\"".into(),
+                ),
+                Some(u) if !(u.starts_with("redis://") || u.starts_with("rediss://")) => {
+                    out.push(format!("cluster.redis_url {u:?} must start with redis://"))
+                }
+                Some(_) => {}
+            },
+        }
+        if let Some(a) = &self.advertise {
+            if !valid_host_port(a) {
+                out.push(format!("cluster.advertise: {a:?} is not host:port"));
+            }
+        }
+        if self.member_ttl.0 < Duration::from_secs(1) {
+            out.push("cluster.member_ttl must be at least 1s".into());
+        }
+        if self.forward_queue_max_bytes.0 < 1 << 20 {
+            out.push("cluster.forward_queue_max_bytes must be at least 1MiB".into());
+        }
+        if self.forward_batch_max_spans == 0 {
+            out.push("cluster.forward_batch_max_spans must be at least 1".into());
+        }
+        if self.forward_retry_initial.0 > self.forward_retry_max.0 {
+            out.push(
+                "cluster.forward_retry_initial must not exceed cluster.forward_retry_max".into(),
+            );
+        }
+    }
+}
+
+/// `host:port` with a non-empty host and a numeric port (`[v6]:port` for IPv6).
+fn valid_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),
+        None => false,
+    }
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -462,6 +651,9 @@ impl Config {
         }
         if self.stats.max_tenants == 0 {
             problems.push("stats.max_tenants must be at least 1".into());
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.problems(&mut problems);
         }
         if self.receive.max_concurrent_requests == 0 {
             problems.push("receive.max_concurrent_requests must be at least 1".into());

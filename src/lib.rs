@@ -30,6 +30,7 @@
 pub mod admin;
 pub mod app;
 pub mod buffer;
+pub mod cluster;
 pub mod config;
 pub mod consistent;
 pub mod decide;

@@ -1,0 +1,4 @@
+//! The cluster stage: who the members are (static list, DNS or Redis), who owns each trace id
+//! (rendezvous hashing), and the peer protocol that carries spans to their owner.
+
+pub mod membership;
