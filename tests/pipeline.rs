@@ -363,7 +363,7 @@ async fn send_grpc_raw_garbage(addr: std::net::SocketAddr) -> tonic::Status {
             0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 1,
         ])),
         path,
-        tailsift::export::sink::RawCodec,
+        tailsift::otlp::codec::RawCodec,
     )
     .await
     .expect_err("garbage must be refused")

@@ -4,6 +4,7 @@
 //! Field numbers follow `opentelemetry/proto/trace/v1/trace.proto` (OTLP 1.x); `proto/` in the
 //! repository documents the views this module reads.
 
+pub mod codec;
 pub mod encode;
 pub mod ingest;
 pub mod json;

@@ -15,7 +15,7 @@ use tonic::server::{NamedService, UnaryService};
 use tonic::{Code, Status};
 
 use super::{ReceiveError, Receiver};
-use crate::export::sink::RawCodec;
+use crate::otlp::codec::RawCodec;
 use crate::model::TenantId;
 use crate::otlp::json::export_response;
 use crate::otlp::wire::{put_bytes, put_key, put_varint, VARINT};
