@@ -12,7 +12,11 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
 use crate::buffer::{self, KeptSink, Limits};
-use crate::config::Config;
+use crate::cluster::forward::{PeerIntakeCounters, SenderSettings};
+use crate::cluster::membership::MembershipHandle;
+use crate::cluster::peer::InfoResponse;
+use crate::cluster::status::ClusterStatus;
+use crate::config::{ClusterConfig, Config, MembershipKind};
 use crate::decide::Decider;
 use crate::export::{self, sink::Sink};
 use crate::model::{DropReason, TenantId};
@@ -20,7 +24,8 @@ use crate::otlp::encode::AnnotationKeys;
 use crate::otlp::ingest::{IngestOptions, SpanLimits};
 use crate::receive::{self, Receiver};
 use crate::reload::{self, LiveRules, RulesWatcher, Trigger};
-use crate::route::Router;
+use crate::receive::peer::PeerService;
+use crate::route::{ClusterRoute, Router};
 use crate::sample::{SamplerBoard, ShardSamplers};
 use crate::shadow::ShadowStats;
 use crate::stats::Stats;
@@ -37,6 +42,9 @@ pub struct Running {
     pub http_addr: SocketAddr,
     /// Bound admin address.
     pub admin_addr: SocketAddr,
+    /// Bound peer-protocol address (cluster only).
+    pub peer_addr: Option<SocketAddr>,
+    reread_peers: Option<Arc<dyn Fn() + Send + Sync>>,
     /// Counters, for tests and the caller's final report.
     pub stats: Arc<Stats>,
     /// The live rules.
@@ -139,8 +147,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     drop(intake);
 
+    // route (and, in a cluster, membership, forwarding and the peer listener)
+    let cluster = match &config.cluster {
+        Some(cc) => Some(
+            start_cluster(cc, &config, shard_senders.clone(), &stats, &rules, &samplers, &stop_rx)
+                .await?,
+        ),
+        None => None,
+    };
+    let router = match &cluster {
+        Some(c) => c.router.clone(),
+        None => Router::new(shard_senders, config.receive.queue_timeout.0),
+    };
+
     // receive
-    let router = Router::new(shard_senders, config.receive.queue_timeout.0);
     let receiver = Arc::new(Receiver::new(
         IngestOptions {
             tenant_attribute: config.tenant.resource_attribute.clone(),
@@ -218,6 +238,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             samplers,
             ready: ready.clone(),
             max_memory: config.buffer.max_memory.0 as i64,
+            cluster: cluster.as_ref().map(|c| c.status.clone()),
+            on_reload: cluster.as_ref().and_then(|c| c.reread_peers.clone()),
         })
         .merge(admin::tenants::router(admin::tenants::TenantApi {
             stats: stats.clone(),
@@ -234,10 +256,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         })
     };
 
+    let peer_addr = cluster.as_ref().map(|c| c.peer_addr);
+    let reread_peers = cluster.as_ref().and_then(|c| c.reread_peers.clone());
     let deadline = config.shutdown.timeout.0;
     let done = {
         let stats = stats.clone();
         let mut stop = stop_rx.clone();
+        let mut cluster = cluster;
         tokio::spawn(async move {
             let _ = stop.wait_for(|s| *s).await;
             ready.store(false, Relaxed);
@@ -245,8 +270,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             let drain = async {
                 let _ = grpc.await;
                 let _ = http.await;
+                if let Some(c) = &mut cluster {
+                    c.peer_service.stop_accepting();
+                    let _ = (&mut c.peer_server).await;
+                    c.watcher.abort();
+                    if let Some(p) = c.provider.take() {
+                        let _ = p.await;
+                    }
+                }
                 for shard in shards {
                     let _ = shard.await;
+                }
+                if let Some(c) = &cluster {
+                    c.router.join_senders().await;
                 }
                 let _ = exporter.await;
             };
@@ -256,6 +292,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 let queued = (stats.export_queue_spans.load(Relaxed)
                     + stats.handoff_spans.load(Relaxed))
                 .max(0) as u64;
+                let forwarding: i64 = cluster
+                    .as_ref()
+                    .map(|c| c.router.peer_queues().iter().map(|q| q.queued_spans()).sum())
+                    .unwrap_or(0);
+                let queued = queued + forwarding.max(0) as u64;
                 tracing::error!(
                     buffered,
                     queued,
@@ -267,13 +308,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         })
     };
 
-    tracing::info!(
-        "tailsift listening grpc={grpc_addr} http={http_addr} admin={admin_addr} shards={shard_count}"
-    );
+    match peer_addr {
+        Some(peer) => tracing::info!(
+            "tailsift listening grpc={grpc_addr} http={http_addr} admin={admin_addr} peer={peer} shards={shard_count}"
+        ),
+        None => tracing::info!(
+            "tailsift listening grpc={grpc_addr} http={http_addr} admin={admin_addr} shards={shard_count}"
+        ),
+    }
     Ok(Running {
         grpc_addr,
         http_addr,
         admin_addr,
+        peer_addr,
+        reread_peers,
         stats,
         rules,
         tags,
@@ -281,6 +329,212 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         _watcher: watcher,
         stop: stop_tx,
         done,
+    })
+}
+
+/// The running parts of a cluster node.
+struct ClusterParts {
+    router: Router,
+    status: Arc<ClusterStatus>,
+    peer_service: PeerService,
+    peer_addr: SocketAddr,
+    peer_server: JoinHandle<()>,
+    watcher: JoinHandle<()>,
+    provider: Option<JoinHandle<()>>,
+    reread_peers: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+/// Builds membership, the clustered router, the peer listener and the membership watcher.
+#[allow(clippy::too_many_arguments)]
+async fn start_cluster(
+    cc: &ClusterConfig,
+    config: &Config,
+    shard_senders: Vec<mpsc::Sender<buffer::ShardMsg>>,
+    stats: &Arc<Stats>,
+    rules: &Arc<LiveRules>,
+    samplers: &Arc<SamplerBoard>,
+    stop_rx: &watch::Receiver<bool>,
+) -> anyhow::Result<ClusterParts> {
+    let me = cc.advertise_address();
+    let initial = match cc.membership {
+        MembershipKind::Static => cc.peers.clone(),
+        MembershipKind::Dns | MembershipKind::Redis => vec![me.clone()],
+    };
+    let membership = MembershipHandle::new(&me, initial);
+    if cc.membership == MembershipKind::Static {
+        membership.report_ok();
+        if !cc.peers.contains(&me) {
+            tracing::warn!(advertise = %me, peers = ?cc.peers, "this node's advertise address is not in cluster.peers: it owns no traces and forwards everything");
+        }
+    }
+    let router = Router::clustered(
+        shard_senders,
+        config.receive.queue_timeout.0,
+        ClusterRoute {
+            membership: membership.clone(),
+            queue_max_bytes: cc.forward_queue_max_bytes.0,
+            sender: SenderSettings {
+                me: me.clone(),
+                batch_max_spans: cc.forward_batch_max_spans,
+                batch_timeout: cc.forward_batch_timeout.0,
+                retry_initial: cc.forward_retry_initial.0,
+                retry_max: cc.forward_retry_max.0,
+            },
+            forward_timeout: cc.forward_timeout.0,
+            stats: stats.clone(),
+            stop: stop_rx.clone(),
+        },
+    );
+    let intake = Arc::new(PeerIntakeCounters::default());
+    let info: Arc<dyn Fn() -> InfoResponse + Send + Sync> = {
+        let rules = rules.clone();
+        let membership = membership.clone();
+        let me = me.clone();
+        Arc::new(move || InfoResponse {
+            advertise: me.clone(),
+            rules_hash: format!("{:016x}", rules.snapshot().source_hash()),
+            members: membership.current().addrs().to_vec(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        })
+    };
+    let keys_reserved = AnnotationKeys {
+        sample_rate: config.export.sample_rate_attribute.clone(),
+        rule: RULE_ATTRIBUTE.to_string(),
+    }
+    .reserved();
+    let peer_service = PeerService::new(
+        router.clone(),
+        keys_reserved,
+        SpanLimits {
+            max_attributes_per_span: config.receive.max_attributes_per_span,
+            max_attribute_bytes: config.receive.max_attribute_bytes.bytes(),
+            max_spans_per_request: config.receive.max_spans_per_request,
+        },
+        stats.clone(),
+        intake.clone(),
+        config.receive.max_request_bytes.bytes(),
+        info.clone(),
+    );
+    let peer_listener = bind(cc.peer_listen, "cluster.peer_listen").await?;
+    let peer_addr = peer_listener.local_addr()?;
+    let peer_server = {
+        let mut stop = stop_rx.clone();
+        let server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(16 << 20))
+            .max_frame_size(Some(1 << 20))
+            .add_service(peer_service.clone());
+        let incoming = tokio_stream_from(peer_listener);
+        tokio::spawn(async move {
+            let signal = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = server.serve_with_incoming_shutdown(incoming, signal).await {
+                tracing::error!(error = %e, "peer listener failed");
+            }
+        })
+    };
+    let provider = match cc.membership {
+        MembershipKind::Static => None,
+        MembershipKind::Dns | MembershipKind::Redis => start_provider(cc, &membership, stop_rx),
+    };
+    let reread_peers: Option<Arc<dyn Fn() + Send + Sync>> = match (&cc.membership, &config.source) {
+        (MembershipKind::Static, Some(path)) => {
+            let path = path.clone();
+            let membership = membership.clone();
+            Some(Arc::new(move || match Config::load(&path) {
+                Ok(c) => match c.cluster {
+                    Some(cc) if cc.membership == MembershipKind::Static => {
+                        tracing::info!(peers = ?cc.peers, "re-read cluster.peers");
+                        membership.publish(cc.peers);
+                    }
+                    _ => tracing::warn!("the config file no longer has a static [cluster]; members unchanged (restart to change the membership kind)"),
+                },
+                Err(e) => tracing::warn!(error = %e, "cannot re-read cluster.peers; members unchanged"),
+            }))
+        }
+        _ => None,
+    };
+    let watcher = {
+        let router = router.clone();
+        let membership = membership.clone();
+        let samplers = samplers.clone();
+        let mut changes = membership.subscribe();
+        let mut stop = stop_rx.clone();
+        let _ = (&samplers, membership.current().count()); // SET_MEMBERS
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            tokio::pin!(stopped);
+            let mut tick = tokio::time::interval(STRAY_CHECK_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        let _ = (&samplers, membership.current().count()); // SET_MEMBERS
+                        router.poke_senders();
+                        router.rebalance().await;
+                    }
+                    _ = tick.tick() => {
+                        if router.take_strays() {
+                            router.rebalance().await;
+                        }
+                    }
+                    _ = &mut stopped => return,
+                }
+            }
+        })
+    };
+    let status = Arc::new(ClusterStatus {
+        kind: cc.membership,
+        membership,
+        queues: {
+            let router = router.clone();
+            Arc::new(move || router.peer_queues())
+        },
+        intake,
+        info,
+    });
+    Ok(ClusterParts {
+        router,
+        status,
+        peer_service,
+        peer_addr,
+        peer_server,
+        watcher,
+        provider,
+        reread_peers,
+    })
+}
+
+/// How often a node checks whether spans a peer forwarded belong elsewhere (views disagreed
+/// when they were sent) and, if so, hands them on once the views agree.
+const STRAY_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Starts the DNS or Redis membership provider.
+fn start_provider(
+    cc: &ClusterConfig,
+    membership: &Arc<MembershipHandle>,
+    stop_rx: &watch::Receiver<bool>,
+) -> Option<JoinHandle<()>> {
+    let _ = (cc, membership, stop_rx);
+    None
+}
+
+fn tokio_stream_from(
+    listener: TcpListener,
+) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures_util::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(s, _)| {
+            let _ = s.set_nodelay(true);
+            s
+        });
+        Some((accepted, listener))
     })
 }
 
@@ -299,7 +553,9 @@ impl admin::tenants::TraceLookup for Router {
     > {
         Box::pin(async move {
             Router::lookup(self, trace_id).await.map_err(|e| match e {
-                crate::route::RouteError::Full => admin::tenants::LookupError::Busy,
+                crate::route::RouteError::Full | crate::route::RouteError::PeerFull(_) => {
+                    admin::tenants::LookupError::Busy
+                }
                 crate::route::RouteError::Closed => admin::tenants::LookupError::Closed,
             })
         })
@@ -380,6 +636,9 @@ impl Signals {
                 _ = int.recv() => return,
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading rules");
+                    if let Some(f) = running.reread_peers.clone() {
+                        let _ = tokio::task::spawn_blocking(move || f()).await;
+                    }
                     let rules = running.rules.clone();
                     let _ = tokio::task::spawn_blocking(move || rules.reload(Trigger::Signal)).await;
                 }

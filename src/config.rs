@@ -173,6 +173,10 @@ pub struct Config {
     pub stats: StatsConfig,
     /// Running as one node of a cluster; absent: a single node that owns every trace.
     pub cluster: Option<ClusterConfig>,
+    /// The file this configuration was read from (not a key: set by [`Config::load`]), so
+    /// SIGHUP can re-read `[cluster] peers`.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// `[receive]`: OTLP listeners and request limits.
@@ -617,7 +621,9 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::parse(&text, path)
+        let mut config = Config::parse(&text, path)?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Parses and validates config text; `path` names it in errors and anchors relative paths.

@@ -1,18 +1,33 @@
-//! The route stage: picks the buffer shard that owns each trace id and hands spans over with
-//! bounded sends. A request is handed over whole or not at all, so a refused request can be
-//! retried by the client without duplicating spans.
+//! The route stage: picks the owner of each trace id and hands spans over with bounded sends.
+//! On a single node every trace is local and goes to the buffer shard that owns it; in a
+//! cluster, spans of traces another member owns (rendezvous hashing, `cluster::membership`)
+//! go into that peer's bounded forward queue. A request is handed over whole or not at all
+//! (every local shard's permit and every peer's queue room is reserved first), so a refused
+//! request can be retried by the client without duplicating spans, and what was
+//! acknowledged is never dropped for want of room.
 //!
-//! On the way, each shard's spans are copied out of the request buffer into one contiguous
-//! buffer per (request, shard): a held span then pins only its neighbours in the same shard,
+//! On the way, each part's spans are copied out of the request buffer into one contiguous
+//! buffer per (request, owner): a held span then pins only its neighbours in the same part,
 //! not the whole request (DESIGN.md: "a slice pins its whole request buffer").
 
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 
-use crate::buffer::ShardMsg;
+use crate::buffer::{Departing, ShardMsg};
+use crate::cluster::forward::{
+    self, accounted, Item, Owners, PeerQueue, Reservation, SenderSettings,
+};
+use crate::cluster::membership::{Members, MembershipHandle};
+use crate::cluster::peer::PeerClient;
 use crate::model::{SpanRecord, TraceId, TraceStatus};
+use crate::stats::Stats;
 
 /// Why spans could not be handed over.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -20,33 +35,241 @@ pub enum RouteError {
     /// The shards stayed full for the whole queue timeout.
     #[error("the trace buffer is full; retry later")]
     Full,
+    /// A peer's forward queue is full (the peer is slow or down).
+    #[error("the forward queue to peer {0} is full; retry later")]
+    PeerFull(String),
     /// The pipeline is shutting down.
     #[error("the proxy is shutting down")]
     Closed,
 }
 
-/// Hands spans to the shard that owns their trace id.
+/// What routing needs to forward to peers.
+pub struct ClusterRoute {
+    /// The live members.
+    pub membership: Arc<MembershipHandle>,
+    /// Per-peer queue bound in bytes.
+    pub queue_max_bytes: u64,
+    /// Batching and retry settings of the senders.
+    pub sender: SenderSettings,
+    /// Timeout of one forward call.
+    pub forward_timeout: Duration,
+    /// Counters (the forward queue gauge).
+    pub stats: Arc<Stats>,
+    /// Stops the senders once their queues are empty.
+    pub stop: watch::Receiver<bool>,
+}
+
+struct Cluster {
+    config: ClusterRoute,
+    queues: RwLock<HashMap<String, Arc<PeerQueue>>>,
+    senders: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Spans arrived from a peer that this node does not own (views disagreed).
+    strays: AtomicBool,
+}
+
+/// Hands spans to the shard or peer that owns their trace id.
 #[derive(Clone)]
 pub struct Router {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     shards: Vec<mpsc::Sender<ShardMsg>>,
     queue_timeout: Duration,
+    cluster: Option<Cluster>,
 }
 
 impl Router {
-    /// A router over the given shard intakes.
+    /// A single-node router over the given shard intakes.
     pub fn new(shards: Vec<mpsc::Sender<ShardMsg>>, queue_timeout: Duration) -> Self {
         Router {
-            shards,
-            queue_timeout,
+            inner: Arc::new(Inner {
+                shards,
+                queue_timeout,
+                cluster: None,
+            }),
         }
     }
 
-    /// Splits spans by owner and hands every part over, or none of them.
+    /// A router of one cluster node: foreign spans go to their owner's forward queue.
+    pub fn clustered(
+        shards: Vec<mpsc::Sender<ShardMsg>>,
+        queue_timeout: Duration,
+        cluster: ClusterRoute,
+    ) -> Self {
+        Router {
+            inner: Arc::new(Inner {
+                shards,
+                queue_timeout,
+                cluster: Some(Cluster {
+                    config: cluster,
+                    queues: RwLock::new(HashMap::new()),
+                    senders: std::sync::Mutex::new(Vec::new()),
+                    strays: AtomicBool::new(false),
+                }),
+            }),
+        }
+    }
+
+    /// The membership this router follows (cluster only).
+    pub fn membership(&self) -> Option<&Arc<MembershipHandle>> {
+        self.inner.cluster.as_ref().map(|c| &c.config.membership)
+    }
+
+    /// Every peer queue created so far.
+    pub fn peer_queues(&self) -> Vec<Arc<PeerQueue>> {
+        match &self.inner.cluster {
+            Some(c) => c
+                .queues
+                .read()
+                .map(|q| q.values().cloned().collect())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Splits client spans by owner and hands every part over, or none of them.
     pub async fn route(&self, spans: Vec<SpanRecord>) -> Result<(), RouteError> {
         if spans.is_empty() {
             return Ok(());
         }
-        let n = self.shards.len();
+        let Some(cluster) = &self.inner.cluster else {
+            return self.route_local(spans).await;
+        };
+        let members = cluster.config.membership.current();
+        let mut local = Vec::new();
+        let mut remote: HashMap<usize, Vec<SpanRecord>> = HashMap::new();
+        for span in spans {
+            match members.owner(&span.index.trace_id) {
+                Some(i) if Some(i) != members.self_index() => {
+                    remote.entry(i).or_default().push(span)
+                }
+                _ => local.push(span),
+            }
+        }
+        // Room in every peer queue first (no waiting: a full queue refuses the request).
+        let mut reserved: Vec<(Reservation, Vec<SpanRecord>)> = Vec::with_capacity(remote.len());
+        for (i, part) in remote {
+            let addr = &members.addrs()[i];
+            let queue = self.queue_for(cluster, addr);
+            match queue.try_reserve(accounted(&part)) {
+                Some(r) => reserved.push((r, part)),
+                None => return Err(RouteError::PeerFull(addr.clone())),
+            }
+        }
+        let permits = self.reserve_local(local).await?;
+        for (reservation, part) in reserved {
+            reservation.commit(Item::Spans(compact(part)));
+        }
+        permits.send();
+        Ok(())
+    }
+
+    /// Hands spans to this node's own shards, whoever owns them (spans a peer forwarded are
+    /// held here even while this node's view of the membership disagrees; see
+    /// [`Router::rebalance`]).
+    pub async fn route_local(&self, spans: Vec<SpanRecord>) -> Result<(), RouteError> {
+        if spans.is_empty() {
+            return Ok(());
+        }
+        if let Some(cluster) = &self.inner.cluster {
+            let members = cluster.config.membership.current();
+            if spans.iter().any(|s| !members.is_local(&s.index.trace_id)) {
+                cluster.strays.store(true, Relaxed);
+            }
+        }
+        self.reserve_local(spans).await?.send();
+        Ok(())
+    }
+
+    /// Holds what a peer forwarded: plain spans and handed-over traces, on this node's own
+    /// shards whoever owns them, all or nothing (one timeout for every permit).
+    pub async fn hold(
+        &self,
+        spans: Vec<SpanRecord>,
+        handoffs: Vec<(Vec<SpanRecord>, Instant, bool)>,
+    ) -> Result<(), RouteError> {
+        if let Some(cluster) = &self.inner.cluster {
+            let members = cluster.config.membership.current();
+            let foreign = spans
+                .iter()
+                .chain(handoffs.iter().filter_map(|(s, _, _)| s.first()))
+                .any(|s| !members.is_local(&s.index.trace_id));
+            if foreign {
+                cluster.strays.store(true, Relaxed);
+            }
+        }
+        let shards: Vec<usize> = handoffs
+            .iter()
+            .filter_map(|(s, _, _)| s.first().map(|f| self.shard_of(&f.index.trace_id)))
+            .collect();
+        let reserve = async {
+            let mut permits = Vec::with_capacity(shards.len());
+            for i in &shards {
+                permits.push(
+                    self.inner.shards[*i]
+                        .reserve()
+                        .await
+                        .map_err(|_| RouteError::Closed)?,
+                );
+            }
+            Ok::<_, RouteError>(permits)
+        };
+        let timeout = self.inner.queue_timeout;
+        let (plain, adopted) = tokio::time::timeout(timeout, async {
+            let plain = self.reserve_local(spans).await?;
+            let adopted = reserve.await?;
+            Ok::<_, RouteError>((plain, adopted))
+        })
+        .await
+        .map_err(|_| RouteError::Full)??;
+        plain.send();
+        for (permit, (spans, first_seen, root_seen)) in adopted.into_iter().zip(handoffs) {
+            permit.send(ShardMsg::Adopt {
+                spans: compact(spans),
+                first_seen,
+                root_seen,
+            });
+        }
+        Ok(())
+    }
+
+    /// Hands one handed-over trace to its shard, keeping its first-seen time.
+    pub async fn adopt(
+        &self,
+        spans: Vec<SpanRecord>,
+        first_seen: Instant,
+        root_seen: bool,
+    ) -> Result<(), RouteError> {
+        let Some(first) = spans.first() else {
+            return Ok(());
+        };
+        let shard = &self.inner.shards[self.shard_of(&first.index.trace_id)];
+        if let Some(cluster) = &self.inner.cluster {
+            if !cluster
+                .config
+                .membership
+                .current()
+                .is_local(&first.index.trace_id)
+            {
+                cluster.strays.store(true, Relaxed);
+            }
+        }
+        let permit = tokio::time::timeout(self.inner.queue_timeout, shard.reserve())
+            .await
+            .map_err(|_| RouteError::Full)?
+            .map_err(|_| RouteError::Closed)?;
+        permit.send(ShardMsg::Adopt {
+            spans: compact(spans),
+            first_seen,
+            root_seen,
+        });
+        Ok(())
+    }
+
+    /// Reserves a permit of every shard `spans` touch, waiting at most the queue timeout.
+    async fn reserve_local(&self, spans: Vec<SpanRecord>) -> Result<LocalPermits<'_>, RouteError> {
+        let n = self.inner.shards.len();
         let mut parts: Vec<Vec<SpanRecord>> = (0..n).map(|_| Vec::new()).collect();
         for span in spans {
             parts[self.shard_of(&span.index.trace_id)].push(span);
@@ -55,7 +278,7 @@ impl Router {
             let mut permits = Vec::with_capacity(n);
             for (i, part) in parts.iter().enumerate() {
                 if !part.is_empty() {
-                    let permit = self.shards[i]
+                    let permit = self.inner.shards[i]
                         .reserve()
                         .await
                         .map_err(|_| RouteError::Closed)?;
@@ -64,25 +287,200 @@ impl Router {
             }
             Ok::<_, RouteError>(permits)
         };
-        let permits = tokio::time::timeout(self.queue_timeout, reserve)
+        let permits = tokio::time::timeout(self.inner.queue_timeout, reserve)
             .await
             .map_err(|_| RouteError::Full)??;
-        for (i, permit) in permits {
-            permit.send(ShardMsg::Spans(compact(std::mem::take(&mut parts[i]))));
+        Ok(LocalPermits { permits, parts })
+    }
+
+    /// The peer queue of `addr`, created (with its sender task) on first use.
+    fn queue_for(&self, cluster: &Cluster, addr: &str) -> Arc<PeerQueue> {
+        if let Ok(queues) = cluster.queues.read() {
+            if let Some(q) = queues.get(addr) {
+                return q.clone();
+            }
         }
-        Ok(())
+        let Ok(mut queues) = cluster.queues.write() else {
+            // A poisoned lock means a panic elsewhere; a fresh queue still forwards.
+            return PeerQueue::new(addr, cluster.config.queue_max_bytes, cluster.config.stats.clone());
+        };
+        if let Some(q) = queues.get(addr) {
+            return q.clone();
+        }
+        let queue = PeerQueue::new(addr, cluster.config.queue_max_bytes, cluster.config.stats.clone());
+        queues.insert(addr.to_string(), queue.clone());
+        match PeerClient::new(addr, cluster.config.forward_timeout) {
+            Ok(client) => {
+                let owners: Arc<dyn Owners> = Arc::new(self.clone());
+                let task = tokio::spawn(forward::run_sender(
+                    queue.clone(),
+                    client,
+                    cluster.config.sender.clone(),
+                    owners,
+                    cluster.config.stop.clone(),
+                ));
+                if let Ok(mut senders) = cluster.senders.lock() {
+                    senders.push(task);
+                }
+            }
+            Err(e) => tracing::error!(peer = addr, error = %e, "cannot forward to this peer"),
+        }
+        queue
+    }
+
+    /// Wakes every sender (membership changed: each checks whether its peer is still there).
+    pub fn poke_senders(&self) {
+        for q in self.peer_queues() {
+            q.poke();
+        }
+    }
+
+    /// Waits for every sender to finish (shutdown: they stop once their queue is empty).
+    pub async fn join_senders(&self) {
+        let Some(cluster) = &self.inner.cluster else {
+            return;
+        };
+        let tasks: Vec<_> = cluster
+            .senders
+            .lock()
+            .map(|mut s| s.drain(..).collect())
+            .unwrap_or_default();
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Takes spans that arrived from peers for traces this node does not own, if any came
+    /// since the last call.
+    pub fn take_strays(&self) -> bool {
+        self.inner
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.strays.swap(false, Relaxed))
+    }
+
+    /// Walks every shard for buffered traces another member owns now and hands them to it
+    /// (first-seen time and root flag travel along). Returns the traces handed on.
+    pub async fn rebalance(&self) -> usize {
+        let Some(cluster) = &self.inner.cluster else {
+            return 0;
+        };
+        let members = cluster.config.membership.current();
+        let view = members.clone();
+        let owned_elsewhere: Arc<dyn Fn(&TraceId) -> bool + Send + Sync> =
+            Arc::new(move |id| !view.is_local(id));
+        let mut departing: Vec<Departing> = Vec::new();
+        for shard in &self.inner.shards {
+            let (reply, answer) = oneshot::channel();
+            let msg = ShardMsg::Rebalance {
+                owned_elsewhere: owned_elsewhere.clone(),
+                reply,
+            };
+            if shard.send(msg).await.is_err() {
+                continue;
+            }
+            if let Ok(d) = answer.await {
+                departing.extend(d);
+            }
+        }
+        let n = departing.len();
+        if n > 0 {
+            tracing::info!(traces = n, "handing buffered traces to their new owners");
+            let items = departing
+                .into_iter()
+                .map(|d| Item::HandOff {
+                    spans: d.spans,
+                    first_seen: d.first_seen,
+                    root_seen: d.root_seen,
+                })
+                .collect();
+            self.place(items, &members, true).await;
+        }
+        n
+    }
+
+    /// Puts acknowledged items where their owner is now, never refusing (local shards are
+    /// waited for; peer queues may exceed their bound).
+    async fn place(&self, items: Vec<Item>, members: &Members, count_handoff: bool) {
+        let Some(cluster) = &self.inner.cluster else {
+            return;
+        };
+        for item in items {
+            match item {
+                Item::Spans(spans) => {
+                    let mut local = Vec::new();
+                    let mut remote: HashMap<usize, Vec<SpanRecord>> = HashMap::new();
+                    for s in spans {
+                        match members.owner(&s.index.trace_id) {
+                            Some(i) if Some(i) != members.self_index() => {
+                                remote.entry(i).or_default().push(s)
+                            }
+                            _ => local.push(s),
+                        }
+                    }
+                    for (i, part) in remote {
+                        self.queue_for(cluster, &members.addrs()[i])
+                            .push_forced(Item::Spans(part));
+                    }
+                    self.send_local_waiting(local).await;
+                }
+                Item::HandOff {
+                    spans,
+                    first_seen,
+                    root_seen,
+                } => {
+                    let Some(first) = spans.first() else { continue };
+                    match members.remote_owner(&first.index.trace_id) {
+                        Some(addr) => {
+                            let queue = self.queue_for(cluster, addr);
+                            if count_handoff {
+                                queue.counters.handoff_traces.fetch_add(1, Relaxed);
+                            }
+                            queue.push_forced(Item::HandOff {
+                                spans,
+                                first_seen,
+                                root_seen,
+                            });
+                        }
+                        None => {
+                            let shard = &self.inner.shards[self.shard_of(&first.index.trace_id)];
+                            let _ = shard
+                                .send(ShardMsg::Adopt {
+                                    spans,
+                                    first_seen,
+                                    root_seen,
+                                })
+                                .await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send_local_waiting(&self, spans: Vec<SpanRecord>) {
+        let n = self.inner.shards.len();
+        let mut parts: Vec<Vec<SpanRecord>> = (0..n).map(|_| Vec::new()).collect();
+        for s in spans {
+            parts[self.shard_of(&s.index.trace_id)].push(s);
+        }
+        for (i, part) in parts.into_iter().enumerate() {
+            if !part.is_empty() {
+                let _ = self.inner.shards[i].send(ShardMsg::Spans(part)).await;
+            }
+        }
     }
 
     /// The shard that owns `trace_id`.
     fn shard_of(&self, trace_id: &TraceId) -> usize {
-        (trace_id.hash64() % self.shards.len() as u64) as usize
+        (trace_id.hash64() % self.inner.shards.len() as u64) as usize
     }
 
     /// Asks the owning shard where a trace stands (pending, decided, or unknown: `None`).
     /// Waits at most the queue timeout for room in the shard's intake and for the answer.
     pub async fn lookup(&self, trace_id: TraceId) -> Result<Option<TraceStatus>, RouteError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let shard = &self.shards[self.shard_of(&trace_id)];
+        let shard = &self.inner.shards[self.shard_of(&trace_id)];
         let ask = async {
             shard
                 .send(ShardMsg::Lookup(trace_id, tx))
@@ -90,9 +488,39 @@ impl Router {
                 .map_err(|_| RouteError::Closed)?;
             rx.await.map_err(|_| RouteError::Closed)
         };
-        tokio::time::timeout(self.queue_timeout, ask)
+        tokio::time::timeout(self.inner.queue_timeout, ask)
             .await
             .map_err(|_| RouteError::Full)?
+    }
+}
+
+impl Owners for Router {
+    fn is_member(&self, addr: &str) -> bool {
+        self.membership()
+            .is_some_and(|m| m.current().addrs().iter().any(|a| a == addr))
+    }
+
+    fn reroute(&self, items: Vec<Item>) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let Some(members) = self.membership().map(|m| m.current()) else {
+                return;
+            };
+            self.place(items, &members, false).await;
+        })
+    }
+}
+
+/// Reserved shard permits and the spans each will carry.
+struct LocalPermits<'a> {
+    permits: Vec<(usize, mpsc::Permit<'a, ShardMsg>)>,
+    parts: Vec<Vec<SpanRecord>>,
+}
+
+impl LocalPermits<'_> {
+    fn send(mut self) {
+        for (i, permit) in self.permits {
+            permit.send(ShardMsg::Spans(compact(std::mem::take(&mut self.parts[i]))));
+        }
     }
 }
 

@@ -51,6 +51,8 @@ pub struct Stats {
     pub spooled_spans: AtomicI64,
     /// Kept spans decided by a shard and waiting for room in the export queue.
     pub handoff_spans: AtomicI64,
+    /// Bytes of spans reserved or queued for forwarding to peers (cluster), inside the budget.
+    pub forward_queue_bytes: AtomicI64,
     /// Per-tenant counts over sliding windows, and the decision-latency histogram.
     pub tenants: tenant::TenantTable,
 }
@@ -106,7 +108,9 @@ impl Stats {
     /// Bytes held in memory for spans: buffered plus waiting for export. The memory budget
     /// (`buffer.max_memory`) applies to this sum.
     pub fn held_bytes(&self) -> i64 {
-        self.buffered_bytes.load(Relaxed) + self.export_queue_bytes.load(Relaxed)
+        self.buffered_bytes.load(Relaxed)
+            + self.export_queue_bytes.load(Relaxed)
+            + self.forward_queue_bytes.load(Relaxed)
     }
 
     /// Prometheus text exposition of every counter and gauge.

@@ -40,6 +40,10 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// The buffer budget, for readiness.
     pub max_memory: i64,
+    /// The cluster this node is part of (`None`: a single node).
+    pub cluster: Option<Arc<crate::cluster::status::ClusterStatus>>,
+    /// Also run on the rules reload API (re-reads static cluster peers).
+    pub on_reload: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// The admin router.
@@ -54,6 +58,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/tenants/{id}/tag", put(tag).delete(untag))
         .route("/api/v1/tenant-tags", get(list_tags))
         .route("/api/v1/samplers/{name}", get(sampler))
+        .route("/api/v1/cluster", get(cluster))
         .with_state(state)
 }
 
@@ -94,7 +99,24 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         "# HELP tailsift_tenant_tags Tenants currently tagged for 100% retention\n# TYPE tailsift_tenant_tags gauge\ntailsift_tenant_tags {}\n",
         s.tags.snapshot().active(now_ms).count()
     ));
+    if let Some(cluster) = &s.cluster {
+        cluster.render_prometheus(&mut out);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// `GET /api/v1/cluster`: members, this node, provider health, shares, forward queues.
+async fn cluster(State(s): State<AdminState>) -> Response {
+    match &s.cluster {
+        Some(c) => Json(c.report(std::time::Duration::from_millis(800)).await).into_response(),
+        None => Json(serde_json::json!({
+            "self": null,
+            "members": [],
+            "membership": "single",
+            "note": "no [cluster] section: this node owns every trace",
+        }))
+        .into_response(),
+    }
 }
 
 /// Escapes a Prometheus label value.
@@ -158,6 +180,9 @@ fn failure_json(f: &ReloadFailure) -> serde_json::Value {
 async fn reload(State(s): State<AdminState>) -> Response {
     // Reading and compiling the file is blocking work.
     let rules = s.rules.clone();
+    if let Some(f) = s.on_reload.clone() {
+        let _ = tokio::task::spawn_blocking(move || f()).await;
+    }
     let result = tokio::task::spawn_blocking(move || rules.reload(Trigger::Api)).await;
     match result {
         Ok(Ok(())) => (StatusCode::OK, Json(serde_json::json!({"reloaded": true}))).into_response(),

@@ -21,6 +21,8 @@ use crate::stats::Stats;
 use crate::tags::{unix_ms, TagTable};
 use table::{Occupancy, Ready, Table};
 
+pub use table::Departing;
+
 pub use table::Limits;
 
 /// Where a shard sends kept spans (the export stage's intake).
@@ -47,12 +49,28 @@ async fn flush_outbox(outbox: &mut Vec<KeptSpans>, sink: &dyn KeptSink, stats: &
 pub type ShardBatch = Vec<SpanRecord>;
 
 /// What a shard's intake carries.
-#[derive(Debug)]
 pub enum ShardMsg {
     /// Spans whose trace ids this shard owns.
     Spans(ShardBatch),
     /// Where does this trace stand? (admin API); `None` when the shard does not know it.
     Lookup(TraceId, oneshot::Sender<Option<TraceStatus>>),
+    /// Spans of one trace handed over by its previous owner (cluster), keeping its timers.
+    Adopt {
+        /// Spans of the one trace.
+        spans: ShardBatch,
+        /// When the previous owner first saw the trace.
+        first_seen: Instant,
+        /// The root span has arrived.
+        root_seen: bool,
+    },
+    /// Membership changed: hand back every buffered trace `owned_elsewhere` says this node no
+    /// longer owns.
+    Rebalance {
+        /// True for trace ids another member owns now.
+        owned_elsewhere: Arc<dyn Fn(&TraceId) -> bool + Send + Sync>,
+        /// Where the departing traces go.
+        reply: oneshot::Sender<Vec<Departing>>,
+    },
 }
 
 /// How often a shard merges its local per-tenant tally into the shared table.
@@ -151,6 +169,19 @@ pub async fn run_shard(
                 }
                 Some(ShardMsg::Lookup(trace_id, reply)) => {
                     let _ = reply.send(table.lookup(&trace_id));
+                }
+                Some(ShardMsg::Adopt { spans, first_seen, root_seen }) => {
+                    // Counted per tenant where the trace was first buffered, not again here.
+                    table.adopt(spans, first_seen, root_seen, Instant::now(), &mut ready, &mut |_| {});
+                }
+                Some(ShardMsg::Rebalance { owned_elsewhere, reply }) => {
+                    let departing = table.take_where(&*owned_elsewhere);
+                    if let Err(departing) = reply.send(departing) {
+                        // Nobody waits for them (shutdown): decide them here instead.
+                        for d in departing {
+                            table.adopt(d.spans, d.first_seen, d.root_seen, Instant::now(), &mut ready, &mut |_| {});
+                        }
+                    }
                 }
                 // Intake closed (shutdown): this last turn decides everything still held.
                 None => {

@@ -65,6 +65,23 @@ struct Remembered {
     spans: u64,
 }
 
+/// A buffered trace leaving this shard for its new owner.
+#[derive(Debug)]
+pub struct Departing {
+    /// The trace.
+    pub trace_id: TraceId,
+    /// Every span held for it.
+    pub spans: Vec<SpanRecord>,
+    /// When its first span arrived here (or at its previous owner).
+    pub first_seen: Instant,
+    /// The root span has arrived.
+    pub root_seen: bool,
+}
+
+fn first_seen_timeout(first_seen: Instant, limits: &Limits) -> Instant {
+    first_seen + limits.trace_timeout
+}
+
 /// One shard's traces.
 pub struct Table {
     limits: Limits,
@@ -264,6 +281,98 @@ impl Table {
                 }
             }
         }
+    }
+
+    /// Takes every buffered trace for which `owned_elsewhere` is true out of the table (their
+    /// owner changed with the membership): spans, first-seen time and whether the root came.
+    /// The caller hands them to their new owner; this shard forgets them.
+    pub fn take_where(&mut self, owned_elsewhere: &dyn Fn(&TraceId) -> bool) -> Vec<Departing> {
+        let ids: Vec<TraceId> = self
+            .traces
+            .keys()
+            .filter(|id| owned_elsewhere(id))
+            .copied()
+            .collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for trace_id in ids {
+            if let Some(entry) = self.traces.remove(&trace_id) {
+                self.bytes -= entry.bytes;
+                self.spans -= entry.spans.len();
+                out.push(Departing {
+                    trace_id,
+                    spans: entry.spans,
+                    first_seen: entry.first_seen,
+                    root_seen: entry.has_root,
+                });
+            }
+        }
+        // Timer and arrival entries of the departed traces are skipped lazily (their trace is
+        // gone), exactly as for decided traces.
+        out
+    }
+
+    /// Adds spans of a trace handed over by its previous owner: the trace keeps the deadline
+    /// it had there (first seen at `first_seen`, root seen or not) instead of starting again.
+    /// Spans of a trace decided here already follow that decision.
+    pub fn adopt(
+        &mut self,
+        spans: Vec<SpanRecord>,
+        first_seen: Instant,
+        root_seen: bool,
+        now: Instant,
+        out: &mut Vec<Ready>,
+        new_trace: &mut dyn FnMut(&TenantId),
+    ) {
+        let Some(first) = spans.first() else {
+            return;
+        };
+        let trace_id = first.index.trace_id;
+        if self.decisions.contains_key(&trace_id) && !self.traces.contains_key(&trace_id) {
+            self.push_late(trace_id, spans, out);
+            return;
+        }
+        let timeout_at = first_seen + self.limits.trace_timeout;
+        let root_seen = root_seen || spans.iter().any(|s| s.index.is_root());
+        let root_at = now + self.limits.root_grace;
+        let bytes: usize = spans.iter().map(SpanRecord::accounted_bytes).sum();
+        self.bytes += bytes;
+        self.spans += spans.len();
+        let entry = match self.traces.entry(trace_id) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                let e = e.into_mut();
+                e.first_seen = e.first_seen.min(first_seen);
+                e.has_root |= root_seen;
+                e.spans.extend(spans);
+                e.bytes += bytes;
+                e
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let tenant = first.origin.tenant.clone();
+                new_trace(&tenant);
+                self.arrivals.push_back((first_seen, trace_id));
+                v.insert(Entry {
+                    spans,
+                    tenant,
+                    first_seen,
+                    deadline: timeout_at,
+                    has_root: root_seen,
+                    bytes,
+                })
+            }
+        };
+        let mut due = entry.deadline.min(first_seen_timeout(entry.first_seen, &self.limits));
+        if entry.has_root {
+            due = due.min(root_at);
+        }
+        // A stale heap entry for the old deadline is skipped when it comes up.
+        entry.deadline = due;
+        self.deadlines.push(Reverse((due, trace_id)));
+        let full = entry.spans.len() >= self.limits.max_spans_per_trace;
+        if full {
+            self.complete(trace_id, DecideCause::SpanLimit, out);
+        }
+        self.relieve_memory_pressure(out);
+        self.expire(now, out);
     }
 
     /// When the next timer is due.

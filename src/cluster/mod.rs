@@ -2,3 +2,6 @@
 //! (rendezvous hashing), and the peer protocol that carries spans to their owner.
 
 pub mod membership;
+pub mod peer;
+pub mod forward;
+pub mod status;

@@ -5,6 +5,7 @@
 pub mod conn;
 pub mod grpc;
 pub mod http;
+pub mod peer;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -158,7 +159,7 @@ impl Receiver {
                     error_message: ingested.error_message,
                 })
             }
-            Err(e @ (RouteError::Full | RouteError::Closed)) => {
+            Err(e @ (RouteError::Full | RouteError::PeerFull(_) | RouteError::Closed)) => {
                 self.stats.requests_refused.fetch_add(1, Relaxed);
                 Err(ReceiveError::Unavailable(e.to_string()))
             }

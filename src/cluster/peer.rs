@@ -1,0 +1,320 @@
+//! The peer protocol (`proto/tailsift_peer.proto`): the messages as prost derives with the
+//! .proto's field numbers, how held spans become a request and a request becomes spans again
+//! (span bytes copied once into the request, sliced back out without decoding), the client a
+//! sender uses and the server side's gRPC plumbing.
+
+use std::hash::Hasher;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+
+use crate::model::{Origin, SpanRecord, TenantId};
+use crate::otlp::codec::RawCodec;
+use crate::otlp::ingest::{index_span, Fnv64, SpanLimits};
+
+/// gRPC path of `Peer/Forward`.
+pub const FORWARD_PATH: &str = "/tailsift.peer.v1.Peer/Forward";
+/// gRPC path of `Peer/Info`.
+pub const INFO_PATH: &str = "/tailsift.peer.v1.Peer/Info";
+/// gRPC service name of the peer protocol.
+pub const SERVICE_NAME: &str = "tailsift.peer.v1.Peer";
+
+/// `tailsift.peer.v1.ForwardRequest`: spans for their owner.
+#[derive(Clone, PartialEq, Message)]
+pub struct ForwardRequest {
+    /// Advertise address of the sending node.
+    #[prost(string, tag = "1")]
+    pub sender: String,
+    /// Unique per sender and batch, so a retried batch is held once.
+    #[prost(uint64, tag = "2")]
+    pub batch_id: u64,
+    /// Spans grouped by origin.
+    #[prost(message, repeated, tag = "3")]
+    pub groups: Vec<SpanGroup>,
+}
+
+/// `tailsift.peer.v1.SpanGroup`: encoded spans sharing one resource, scope and tenant.
+#[derive(Clone, PartialEq, Message)]
+pub struct SpanGroup {
+    /// Tenant as resolved by the receiving node.
+    #[prost(string, tag = "1")]
+    pub tenant: String,
+    /// Encoded `Resource`.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub resource: Bytes,
+    /// `ResourceSpans.schema_url` (a string on the wire; kept as bytes).
+    #[prost(bytes = "bytes", tag = "3")]
+    pub resource_schema_url: Bytes,
+    /// Encoded `InstrumentationScope`.
+    #[prost(bytes = "bytes", tag = "4")]
+    pub scope: Bytes,
+    /// `ScopeSpans.schema_url`.
+    #[prost(bytes = "bytes", tag = "5")]
+    pub scope_schema_url: Bytes,
+    /// Encoded `Span` messages, untouched.
+    #[prost(bytes = "bytes", repeated, tag = "6")]
+    pub spans: Vec<Bytes>,
+    /// Set when the group is part of a buffered trace handed to its new owner.
+    #[prost(message, optional, tag = "7")]
+    pub handoff: Option<HandOff>,
+}
+
+/// `tailsift.peer.v1.HandOff`: what the new owner of a buffered trace needs to keep its timers.
+#[derive(Clone, Copy, PartialEq, Message)]
+pub struct HandOff {
+    /// How long ago the sender first saw the trace.
+    #[prost(uint64, tag = "1")]
+    pub age_ms: u64,
+    /// The root span has arrived.
+    #[prost(bool, tag = "2")]
+    pub root_seen: bool,
+}
+
+/// `tailsift.peer.v1.ForwardResponse`.
+#[derive(Clone, PartialEq, Message)]
+pub struct ForwardResponse {
+    /// Spans the owner now holds.
+    #[prost(uint64, tag = "1")]
+    pub accepted_spans: u64,
+}
+
+/// `tailsift.peer.v1.InfoRequest`.
+#[derive(Clone, PartialEq, Message)]
+pub struct InfoRequest {}
+
+/// `tailsift.peer.v1.InfoResponse`: how a member sees itself and the cluster.
+#[derive(Clone, PartialEq, Message, serde::Serialize)]
+pub struct InfoResponse {
+    /// Its advertise address.
+    #[prost(string, tag = "1")]
+    pub advertise: String,
+    /// Hash of its live rules source (equal on members running the same rules).
+    #[prost(string, tag = "2")]
+    pub rules_hash: String,
+    /// The members it sees.
+    #[prost(string, repeated, tag = "3")]
+    pub members: Vec<String>,
+    /// Its tailsift version.
+    #[prost(string, tag = "4")]
+    pub version: String,
+}
+
+/// Appends groups for `spans` to `groups`: one group per run of spans sharing an origin.
+pub fn push_groups(groups: &mut Vec<SpanGroup>, spans: &[SpanRecord], handoff: Option<HandOff>) {
+    let mut i = 0;
+    while i < spans.len() {
+        let origin = &spans[i].origin;
+        let mut j = i + 1;
+        while j < spans.len()
+            && (Arc::ptr_eq(&spans[j].origin, origin) || spans[j].origin.same_content(origin))
+        {
+            j += 1;
+        }
+        groups.push(SpanGroup {
+            tenant: origin.tenant.as_str().to_string(),
+            resource: origin.resource.clone(),
+            resource_schema_url: origin.resource_schema_url.clone(),
+            scope: origin.scope.clone(),
+            scope_schema_url: origin.scope_schema_url.clone(),
+            spans: spans[i..j].iter().map(|s| s.bytes.clone()).collect(),
+            handoff,
+        });
+        i = j;
+    }
+}
+
+/// One group read back into held spans; spans that fail indexing are counted, not held.
+pub struct ReadGroup {
+    /// The spans, as slices of the request buffer.
+    pub spans: Vec<SpanRecord>,
+    /// Hand-off details of the group, when it is a handed-over trace.
+    pub handoff: Option<HandOff>,
+    /// Spans that could not be indexed (a sender of another version, or corruption).
+    pub invalid: u64,
+}
+
+/// Reads a group's spans without decoding them (the index is extracted as at ingest).
+pub fn read_group(
+    group: SpanGroup,
+    reserved_attributes: &[String],
+    limits: &SpanLimits,
+) -> ReadGroup {
+    let mut hasher = Fnv64::default();
+    for part in [
+        &group.resource[..],
+        &group.resource_schema_url,
+        &group.scope,
+        &group.scope_schema_url,
+    ] {
+        hasher.write_usize(part.len());
+        hasher.write(part);
+    }
+    let origin = Arc::new(Origin {
+        tenant: TenantId::new(&group.tenant),
+        resource: group.resource,
+        resource_schema_url: group.resource_schema_url,
+        scope: group.scope,
+        scope_schema_url: group.scope_schema_url,
+        content_hash: hasher.finish(),
+    });
+    let mut spans = Vec::with_capacity(group.spans.len());
+    let mut invalid = 0;
+    for bytes in group.spans {
+        match index_span(&bytes, reserved_attributes, limits) {
+            Ok(index) => spans.push(SpanRecord {
+                bytes,
+                origin: origin.clone(),
+                index,
+            }),
+            Err(_) => invalid += 1,
+        }
+    }
+    ReadGroup {
+        spans,
+        handoff: group.handoff,
+        invalid,
+    }
+}
+
+/// Why a forward call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// The peer could not be reached or did not answer in time.
+    #[error("peer unreachable: {0}")]
+    Unreachable(String),
+    /// The peer answered with an error status.
+    #[error("peer refused: {0}")]
+    Refused(Status),
+}
+
+/// A client of one peer's `Peer` service.
+#[derive(Clone)]
+pub struct PeerClient {
+    grpc: tonic::client::Grpc<Channel>,
+    timeout: Duration,
+}
+
+impl PeerClient {
+    /// A lazily connecting client of the peer at `addr` (`host:port`).
+    pub fn new(addr: &str, timeout: Duration) -> Result<PeerClient, ForwardError> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| ForwardError::Unreachable(format!("bad peer address {addr:?}: {e}")))?
+            .connect_timeout(timeout.min(Duration::from_secs(2)))
+            .timeout(timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(16 << 20));
+        Ok(PeerClient {
+            grpc: tonic::client::Grpc::new(endpoint.connect_lazy()),
+            timeout,
+        })
+    }
+
+    /// Sends one encoded `ForwardRequest`; returns the spans the peer accepted.
+    pub async fn forward(&self, body: Bytes) -> Result<u64, ForwardError> {
+        let mut grpc = self.grpc.clone();
+        let call = async {
+            grpc.ready()
+                .await
+                .map_err(|e| ForwardError::Unreachable(e.to_string()))?;
+            let path = http::uri::PathAndQuery::from_static(FORWARD_PATH);
+            let response = grpc
+                .unary(tonic::Request::new(body), path, RawCodec)
+                .await
+                .map_err(|status| match status.code() {
+                    tonic::Code::Unavailable
+                        if status.message().contains("connect")
+                            || status.message().contains("transport") =>
+                    {
+                        ForwardError::Unreachable(status.message().to_string())
+                    }
+                    _ => ForwardError::Refused(status),
+                })?;
+            let decoded = ForwardResponse::decode(response.into_inner())
+                .map_err(|e| ForwardError::Unreachable(format!("bad response: {e}")))?;
+            Ok(decoded.accepted_spans)
+        };
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| ForwardError::Unreachable("timed out".into()))?
+    }
+}
+
+impl PeerClient {
+    /// Asks the peer how it sees itself and the cluster.
+    pub async fn info(&self) -> Result<InfoResponse, ForwardError> {
+        let mut grpc = self.grpc.clone();
+        let call = async {
+            grpc.ready()
+                .await
+                .map_err(|e| ForwardError::Unreachable(e.to_string()))?;
+            let path = http::uri::PathAndQuery::from_static(INFO_PATH);
+            let body = Bytes::from(InfoRequest {}.encode_to_vec());
+            let response = grpc
+                .unary(tonic::Request::new(body), path, RawCodec)
+                .await
+                .map_err(ForwardError::Refused)?;
+            InfoResponse::decode(response.into_inner())
+                .map_err(|e| ForwardError::Unreachable(format!("bad response: {e}")))
+        };
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| ForwardError::Unreachable("timed out".into()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::otlp::ingest::{ingest_request, IngestOptions};
+    use crate::otlp::testdata;
+
+    #[test]
+    fn forwarded_spans_arrive_byte_identical_with_their_origin_and_tenant() {
+        let req = testdata::request(
+            "acme",
+            vec![
+                testdata::span(1, 1, 0, false),
+                testdata::span(1, 2, 1, true),
+                testdata::span(2, 3, 0, false),
+            ],
+        );
+        let options = IngestOptions {
+            tenant_attribute: "tenant.id".into(),
+            default_tenant: TenantId::new("default"),
+            reserved_attributes: vec![],
+            limits: SpanLimits::default(),
+        };
+        let spans = ingest_request(&testdata::encoded(&req), None, &options)
+            .unwrap()
+            .spans;
+        let mut groups = Vec::new();
+        push_groups(&mut groups, &spans, None);
+        assert_eq!(groups.len(), 1);
+        let body = ForwardRequest {
+            sender: "a:1".into(),
+            batch_id: 7,
+            groups,
+        }
+        .encode_to_vec();
+        let back = ForwardRequest::decode(Bytes::from(body)).unwrap();
+        assert_eq!(back.batch_id, 7);
+        let group = back.groups.into_iter().next().unwrap();
+        let read = read_group(group, &[], &SpanLimits::default());
+        assert_eq!(read.invalid, 0);
+        assert_eq!(read.spans.len(), 3);
+        for (a, b) in spans.iter().zip(&read.spans) {
+            assert_eq!(a.bytes, b.bytes);
+            assert_eq!(a.index.trace_id, b.index.trace_id);
+            assert_eq!(a.index.status, b.index.status);
+            assert!(a.origin.same_content(&b.origin));
+            assert_eq!(b.origin.tenant.as_str(), "acme");
+        }
+    }
+}
