@@ -16,6 +16,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod cluster;
 pub mod interop;
 pub mod process;
 pub mod traces;

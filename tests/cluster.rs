@@ -1,0 +1,279 @@
+//! A cluster of real nodes on loopback decides each trace once, with all of its spans, however
+//! the spans of a trace are spread over the nodes; forwarding survives a stopped peer and a
+//! peer that leaves for good.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use support::cluster::*;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn default_rules() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/rules/default.toml"))
+}
+
+/// What the test sent: every span id per trace, and the trace's kind.
+#[derive(Default)]
+struct Sent {
+    spans: BTreeMap<String, BTreeSet<String>>,
+    must_keep: BTreeSet<String>,
+    rest: BTreeSet<[u8; 16]>,
+}
+
+/// Builds `n` traces of 6 spans (every 7th has an error, every 5th is tenant acme), splits
+/// each into 3 parts, and sends every part to a node picked at random. Returns what was sent;
+/// every request must be acknowledged.
+async fn send_spread(nodes: &[SocketAddr], seed: u64, n: usize, rng: &mut Lcg) -> Sent {
+    let mut sent = Sent::default();
+    let mut per_node: Vec<Vec<ResourceSpans>> = vec![Vec::new(); nodes.len()];
+    for i in 0..n {
+        let id = trace_id_from_seed(seed * 1_000_003 + i as u64);
+        let error = i % 7 == 0;
+        let tenant = if i % 5 == 0 { "acme" } else { "initech" };
+        let trace = make_trace(id, tenant, 6, error, "/api/items");
+        let ids: BTreeSet<String> = trace.scope_spans[0]
+            .spans
+            .iter()
+            .map(|s| hex(&s.span_id))
+            .collect();
+        sent.spans.insert(hex(&id), ids);
+        if error || tenant == "acme" {
+            sent.must_keep.insert(hex(&id));
+        } else {
+            sent.rest.insert(id);
+        }
+        for part in split_spans(&trace, 3) {
+            per_node[rng.below(nodes.len())].push(part);
+        }
+    }
+    let mut tasks = Vec::new();
+    for (node, parts) in nodes.iter().zip(per_node) {
+        let node = *node;
+        tasks.push(tokio::spawn(async move {
+            for chunk in parts.chunks(25) {
+                send_grpc(node, make_request(chunk.to_vec()))
+                    .await
+                    .unwrap_or_else(|e| panic!("node {node} refused a request: {e}"));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("sender task");
+    }
+    sent
+}
+
+/// The trace ids the `rest` rule (1 in 10, consistent threshold) keeps.
+fn rest_kept(ids: &BTreeSet<[u8; 16]>) -> BTreeSet<String> {
+    let max = 1u64 << 56;
+    let threshold = max - max / 10;
+    ids.iter()
+        .filter(|id| {
+            let mut low = [0u8; 8];
+            low.copy_from_slice(&id[8..]);
+            u64::from_be_bytes(low) & (max - 1) >= threshold
+        })
+        .map(|id| hex(id))
+        .collect()
+}
+
+/// Every span arrived at most once, and all spans of a trace carry one decision.
+fn assert_once_with_one_decision(backend: &RecordingBackend) -> BTreeMap<String, Vec<RecordedSpan>> {
+    let by_trace = backend.spans_by_trace();
+    for (trace, spans) in &by_trace {
+        let ids: Vec<String> = spans.iter().map(|s| s.span_id_hex()).collect();
+        let unique: BTreeSet<&String> = ids.iter().collect();
+        assert_eq!(ids.len(), unique.len(), "trace {trace}: a span arrived twice: {ids:?}");
+        let decisions: BTreeSet<(Option<String>, Option<i64>)> = spans
+            .iter()
+            .map(|s| (s.attr_str("tailsift.rule").map(str::to_string), s.attr_i64("SampleRate")))
+            .collect();
+        assert_eq!(decisions.len(), 1, "trace {trace} was decided more than once: {decisions:?}");
+    }
+    by_trace
+}
+
+async fn stop_all(nodes: Vec<TailsiftProcess>) {
+    for n in &nodes {
+        n.sigterm();
+    }
+    for mut n in nodes {
+        let status = n.wait_exit(WAIT).await;
+        assert!(status.success(), "node exited with {status:?}\n{}", n.log());
+    }
+}
+
+async fn cluster_json(node: &TailsiftProcess) -> serde_json::Value {
+    let reply = http_get(node.admin, "/api/v1/cluster").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    serde_json::from_str(&reply.text()).expect("cluster JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_cluster_decides_each_trace_once_with_all_its_spans_wherever_they_arrive() {
+    let backend = RecordingBackend::start().await;
+    let ports = free_ports(3);
+    let sections: Vec<String> = ports.iter().map(|p| static_section(*p, &ports)).collect();
+    let nodes = start_nodes(backend.grpc_addr(), &default_rules(), &sections).await;
+    let grpc: Vec<SocketAddr> = nodes.iter().map(|n| n.grpc).collect();
+
+    let view = cluster_json(&nodes[0]).await;
+    let mut expected_members: Vec<String> = ports.iter().map(|p| peer_addr(*p)).collect();
+    expected_members.sort();
+    assert_eq!(view["self"], peer_addr(ports[0]));
+    assert_eq!(view["members"], serde_json::json!(expected_members));
+
+    let mut rng = Lcg(0x9E37_79B9_7F4A_7C15);
+    let sent = send_spread(&grpc, 11, 1_500, &mut rng).await;
+    let kept_rest = rest_kept(&sent.rest);
+    let expected_traces: BTreeSet<String> = sent.must_keep.union(&kept_rest).cloned().collect();
+    let expected_spans = expected_traces.len() * 6;
+    backend.wait_for_spans(expected_spans, WAIT).await;
+    // Nothing more arrives afterwards (no second, partial decision of any trace).
+    backend
+        .assert_span_count_stays(expected_spans, Duration::from_millis(1_500))
+        .await;
+
+    let view = cluster_json(&nodes[1]).await;
+    let forwarded: u64 = view["forward_queues"]
+        .as_array()
+        .expect("forward queues")
+        .iter()
+        .map(|q| q["forwarded_spans"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(forwarded > 0, "node 1 forwarded nothing: {view}");
+    assert_eq!(view["consistent"], true, "{view}");
+    let shares: f64 = view["member_details"]
+        .as_array()
+        .expect("member details")
+        .iter()
+        .map(|m| m["share"].as_f64().unwrap_or(0.0))
+        .sum();
+    assert!((shares - 1.0).abs() < 1e-9, "shares add up to {shares}");
+    stop_all(nodes).await;
+
+    let by_trace = assert_once_with_one_decision(&backend);
+    let got: BTreeSet<String> = by_trace.keys().cloned().collect();
+    assert_eq!(got, expected_traces, "exactly the error, tagged-tenant and consistently sampled traces");
+    for (trace, spans) in &by_trace {
+        let ids: BTreeSet<String> = spans.iter().map(|s| s.span_id_hex()).collect();
+        assert_eq!(&ids, &sent.spans[trace], "trace {trace} arrived whole");
+        let rule = spans[0].attr_str("tailsift.rule").unwrap_or_default().to_string();
+        if kept_rest.contains(trace) {
+            assert_eq!(rule, "rest");
+            assert_eq!(spans[0].attr_i64("SampleRate"), Some(10));
+        } else {
+            assert!(rule == "errors" || rule == "tagged-tenants", "{trace}: {rule}");
+            assert_eq!(spans[0].attr_i64("SampleRate"), Some(1));
+        }
+    }
+}
+
+/// Keeps sending spread traces (keep-all rules) to `targets` for `rounds`, returning the span
+/// ids of every trace whose requests were all acknowledged.
+async fn send_rounds(targets: &[SocketAddr], seed: u64, rounds: usize, rng: &mut Lcg) -> BTreeMap<String, BTreeSet<String>> {
+    let mut all = BTreeMap::new();
+    for r in 0..rounds {
+        let sent = send_spread(targets, seed * 1000 + r as u64, 100, rng).await;
+        all.extend(sent.spans);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_stopped_for_five_seconds_loses_and_duplicates_nothing_once_it_is_back() {
+    let backend = RecordingBackend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write_file(dir.path(), "rules.toml", KEEP_ALL_RULES);
+    let ports = free_ports(3);
+    let sections: Vec<String> = ports.iter().map(|p| static_section(*p, &ports)).collect();
+    let nodes = start_nodes(backend.grpc_addr(), &rules, &sections).await;
+    // Clients reach nodes 0 and 1; node 2 owns a third of the traces and is frozen for 5 s.
+    let targets = [nodes[0].grpc, nodes[1].grpc];
+    let mut rng = Lcg(42);
+    let mut sent = send_rounds(&targets, 1, 5, &mut rng).await;
+    nodes[2].signal("STOP");
+    let during = send_rounds(&targets, 2, 10, &mut rng).await;
+    let queued: i64 = cluster_json(&nodes[0]).await["forward_queues"]
+        .as_array()
+        .expect("queues")
+        .iter()
+        .map(|q| q["queued_spans"].as_i64().unwrap_or(0))
+        .sum();
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(Duration::from_millis(100 * 10))).await;
+    nodes[2].signal("CONT");
+    sent.extend(during);
+    sent.extend(send_rounds(&targets, 3, 5, &mut rng).await);
+    let total: usize = sent.values().map(BTreeSet::len).sum();
+    backend.wait_for_spans(total, WAIT).await;
+    backend.assert_span_count_stays(total, Duration::from_secs(1)).await;
+    stop_all(nodes).await;
+    let by_trace = assert_once_with_one_decision(&backend);
+    for (trace, ids) in &sent {
+        let got: BTreeSet<String> = by_trace
+            .get(trace)
+            .map(|s| s.iter().map(|s| s.span_id_hex()).collect())
+            .unwrap_or_default();
+        assert_eq!(&got, ids, "trace {trace} arrived whole");
+    }
+    assert!(queued > 0, "the stopped peer's share was queued meanwhile");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queued_share_of_a_peer_removed_from_membership_reaches_the_new_owner() {
+    let backend = RecordingBackend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write_file(dir.path(), "rules.toml", KEEP_ALL_RULES);
+    let ports = free_ports(3);
+    let sections: Vec<String> = ports.iter().map(|p| static_section(*p, &ports)).collect();
+    let mut nodes = start_nodes(backend.grpc_addr(), &rules, &sections).await;
+    // Node 2 dies; the others keep its share queued while it is still listed.
+    nodes[2].kill();
+    let targets = [nodes[0].grpc, nodes[1].grpc];
+    let mut rng = Lcg(7);
+    let sent = send_rounds(&targets, 5, 5, &mut rng).await;
+    let view = cluster_json(&nodes[0]).await;
+    let queued: i64 = view["forward_queues"]
+        .as_array()
+        .expect("queues")
+        .iter()
+        .map(|q| q["queued_spans"].as_i64().unwrap_or(0))
+        .sum();
+    assert!(queued > 0, "the dead peer's share is queued: {view}");
+    // The operator removes it: SIGHUP re-reads cluster.peers.
+    let two = &ports[..2];
+    let dead = nodes.pop().expect("node 2");
+    drop(dead);
+    for (node, port) in nodes.iter().zip(two) {
+        std::fs::write(node.config_path(), node_config(backend.grpc_addr(), &rules, &static_section(*port, two)))
+            .expect("rewrite config");
+        node.sighup();
+    }
+    let total: usize = sent.values().map(BTreeSet::len).sum();
+    backend.wait_for_spans(total, WAIT).await;
+    let view = cluster_json(&nodes[0]).await;
+    assert_eq!(view["members"].as_array().map(Vec::len), Some(2), "{view}");
+    let rerouted: u64 = view["forward_queues"]
+        .as_array()
+        .expect("queues")
+        .iter()
+        .map(|q| q["rerouted_spans"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(rerouted > 0, "{view}");
+    stop_all(nodes).await;
+    let by_trace = assert_once_with_one_decision(&backend);
+    for (trace, ids) in &sent {
+        let got: BTreeSet<String> = by_trace
+            .get(trace)
+            .map(|s| s.iter().map(|s| s.span_id_hex()).collect())
+            .unwrap_or_default();
+        assert_eq!(&got, ids, "trace {trace} arrived whole");
+    }
+}
