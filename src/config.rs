@@ -724,6 +724,26 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_section_parses_with_its_documented_names_and_checks_each_kind() {
+        let ok = Config::parse(
+            "[cluster]\nmembership = \"static\"\npeer_listen = \"127.0.0.1:4319\"\nadvertise = \"10.1.2.3:4319\"\npeers = [\"10.1.2.3:4319\", \"10.1.2.4:4319\"]\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let c = ok.cluster.unwrap();
+        assert_eq!(c.membership, MembershipKind::Static);
+        assert_eq!(c.advertise_address(), "10.1.2.3:4319");
+        assert_eq!(c.member_ttl.0, Duration::from_secs(5));
+        let err = |text: &str| Config::parse(text, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err("[cluster]\nmembership = \"static\"\n").contains("cluster.peers"));
+        assert!(err("[cluster]\nmembership = \"dns\"\n").contains("cluster.dns_name"));
+        assert!(err("[cluster]\nmembership = \"redis\"\n").contains("cluster.redis_url"));
+        assert!(err("[cluster]\nmembership = \"gossip\"\n").contains("gossip"));
+        assert!(err("[cluster]\nmembership = \"static\"\npeers = [\"a:1\"]\npeerz = 1\n").contains("peerz"));
+        assert!(Config::parse("", Path::new("t.toml")).unwrap().cluster.is_none());
+    }
+
+    #[test]
     fn the_documented_example_parses() {
         let text = r#"
 [receive]

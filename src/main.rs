@@ -37,6 +37,15 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// The cluster as a running node sees it: members, shares, forward queues, each member's rules.
+    Cluster {
+        /// The node's admin API.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        admin: String,
+        /// Print the raw JSON of `GET /api/v1/cluster` instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Runtime tenant tags of a running node (through its admin API).
     Tenants {
         /// The node's admin API.
@@ -120,6 +129,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { config } => check(config.as_ref()),
+        Command::Cluster { admin, json } => cluster(&admin, json),
         Command::Stats(args) => stats_cmd::run(args),
         Command::Rules {
             command:
@@ -291,6 +301,85 @@ fn human_seconds(s: u64) -> String {
         (0, _) => format!("{m}m{sec}s"),
         _ => format!("{h}h{m}m{sec}s"),
     }
+}
+
+/// `tailsift cluster`: `GET /api/v1/cluster` of a running node, as a table.
+fn cluster(admin: &str, raw: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let answer = match runtime.block_on(tailsift::admin::client::request(
+        admin,
+        http::Method::GET,
+        "/api/v1/cluster",
+        None,
+    )) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !answer.status.is_success() {
+        eprintln!("error: {} answered {}", admin, answer.status);
+        return ExitCode::FAILURE;
+    }
+    if raw {
+        println!("{}", answer.body.trim());
+        return ExitCode::SUCCESS;
+    }
+    let v: serde_json::Value = serde_json::from_str(&answer.body).unwrap_or_default();
+    if v["membership"] == "single" {
+        println!("single node (no [cluster] section): this node owns every trace");
+        return ExitCode::SUCCESS;
+    }
+    let provider = &v["provider"];
+    println!(
+        "self {}   membership {} ({})   members {}   consistent {}",
+        v["self"].as_str().unwrap_or("?"),
+        v["membership"].as_str().unwrap_or("?"),
+        if provider["healthy"].as_bool() == Some(true) { "healthy".to_string() } else {
+            format!("FAILING: {}", provider["last_error"].as_str().unwrap_or("?"))
+        },
+        v["members"].as_array().map_or(0, Vec::len),
+        v["consistent"],
+    );
+    println!();
+    println!("{:<28} {:>7} {:>18} {:>9}  note", "MEMBER", "SHARE", "RULES", "VERSION");
+    for m in v["member_details"].as_array().into_iter().flatten() {
+        let me = if m["is_self"] == true { " (self)" } else { "" };
+        println!(
+            "{:<28} {:>6.1}% {:>18} {:>9}  {}{}",
+            m["address"].as_str().unwrap_or("?"),
+            m["share"].as_f64().unwrap_or(0.0) * 100.0,
+            m["rules_hash"].as_str().unwrap_or("-"),
+            m["version"].as_str().unwrap_or("-"),
+            m["error"].as_str().unwrap_or(""),
+            me
+        );
+    }
+    println!();
+    println!("{:<28} {:>12} {:>10} {:>14} {:>9} {:>9} {:>10}", "FORWARD QUEUE", "BYTES", "SPANS", "FORWARDED", "FAILURES", "RETRIES", "REROUTED");
+    for q in v["forward_queues"].as_array().into_iter().flatten() {
+        println!(
+            "{:<28} {:>12} {:>10} {:>14} {:>9} {:>9} {:>10}",
+            q["peer"].as_str().unwrap_or("?"),
+            q["queue_bytes"],
+            q["queued_spans"],
+            q["forwarded_spans"],
+            q["failures"],
+            q["retries"],
+            q["rerouted_spans"],
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 /// `tailsift check`: the start-up validation, printed.

@@ -198,7 +198,7 @@ impl Stats {
                 self.decided_count(cause)
             );
         }
-        let gauges: [(&str, &str, &AtomicI64); 7] = [
+        let gauges: [(&str, &str, &AtomicI64); 8] = [
             (
                 "tailsift_buffered_spans",
                 "Spans held in the buffer",
@@ -228,6 +228,11 @@ impl Stats {
                 "tailsift_handoff_spans",
                 "Kept spans waiting for room in the export queue",
                 &self.handoff_spans,
+            ),
+            (
+                "tailsift_forward_queue_bytes",
+                "Bytes reserved or queued for forwarding to peers (counted in buffer.max_memory)",
+                &self.forward_queue_bytes,
             ),
             (
                 "tailsift_spooled_spans",

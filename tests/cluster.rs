@@ -156,6 +156,12 @@ async fn static_cluster_decides_each_trace_once_with_all_its_spans_wherever_they
         .map(|m| m["share"].as_f64().unwrap_or(0.0))
         .sum();
     assert!((shares - 1.0).abs() < 1e-9, "shares add up to {shares}");
+    let admin = format!("http://{}", nodes[2].admin);
+    let table = run_tailsift(&["cluster", "--admin", &admin], Duration::from_secs(10)).await;
+    for m in &expected_members {
+        assert!(table.stdout.contains(m.as_str()), "`tailsift cluster` lists {m}:\n{}", table.stdout);
+    }
+    assert!(table.stdout.contains("(self)"), "{}", table.stdout);
     stop_all(nodes).await;
 
     let by_trace = assert_once_with_one_decision(&backend);
