@@ -564,6 +564,15 @@ impl ClusterConfig {
                     }
                 }
             }
+            MembershipKind::Dns | MembershipKind::Redis => {
+                out.push(format!(
+                    "cluster.membership = \"{}\" is not available in this build yet (static only); use membership = \"static\" with cluster.peers",
+                    if self.membership == MembershipKind::Dns { "dns" } else { "redis" }
+                ));
+            }
+        }
+        match self.membership {
+            MembershipKind::Static => {}
             MembershipKind::Dns => {
                 if self.dns_name.as_deref().is_none_or(str::is_empty) {
                     out.push(
@@ -734,13 +743,23 @@ mod tests {
         assert_eq!(c.membership, MembershipKind::Static);
         assert_eq!(c.advertise_address(), "10.1.2.3:4319");
         assert_eq!(c.member_ttl.0, Duration::from_secs(5));
-        let err = |text: &str| Config::parse(text, Path::new("t.toml")).unwrap_err().to_string();
+        let err = |text: &str| {
+            Config::parse(text, Path::new("t.toml"))
+                .unwrap_err()
+                .to_string()
+        };
         assert!(err("[cluster]\nmembership = \"static\"\n").contains("cluster.peers"));
         assert!(err("[cluster]\nmembership = \"dns\"\n").contains("cluster.dns_name"));
         assert!(err("[cluster]\nmembership = \"redis\"\n").contains("cluster.redis_url"));
         assert!(err("[cluster]\nmembership = \"gossip\"\n").contains("gossip"));
-        assert!(err("[cluster]\nmembership = \"static\"\npeers = [\"a:1\"]\npeerz = 1\n").contains("peerz"));
-        assert!(Config::parse("", Path::new("t.toml")).unwrap().cluster.is_none());
+        assert!(
+            err("[cluster]\nmembership = \"static\"\npeers = [\"a:1\"]\npeerz = 1\n")
+                .contains("peerz")
+        );
+        assert!(Config::parse("", Path::new("t.toml"))
+            .unwrap()
+            .cluster
+            .is_none());
     }
 
     #[test]

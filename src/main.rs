@@ -345,14 +345,22 @@ fn cluster(admin: &str, raw: bool) -> ExitCode {
         "self {}   membership {} ({})   members {}   consistent {}",
         v["self"].as_str().unwrap_or("?"),
         v["membership"].as_str().unwrap_or("?"),
-        if provider["healthy"].as_bool() == Some(true) { "healthy".to_string() } else {
-            format!("FAILING: {}", provider["last_error"].as_str().unwrap_or("?"))
+        if provider["healthy"].as_bool() == Some(true) {
+            "healthy".to_string()
+        } else {
+            format!(
+                "FAILING: {}",
+                provider["last_error"].as_str().unwrap_or("?")
+            )
         },
         v["members"].as_array().map_or(0, Vec::len),
         v["consistent"],
     );
     println!();
-    println!("{:<28} {:>7} {:>18} {:>9}  note", "MEMBER", "SHARE", "RULES", "VERSION");
+    println!(
+        "{:<28} {:>7} {:>18} {:>9}  note",
+        "MEMBER", "SHARE", "RULES", "VERSION"
+    );
     for m in v["member_details"].as_array().into_iter().flatten() {
         let me = if m["is_self"] == true { " (self)" } else { "" };
         println!(
@@ -366,7 +374,10 @@ fn cluster(admin: &str, raw: bool) -> ExitCode {
         );
     }
     println!();
-    println!("{:<28} {:>12} {:>10} {:>14} {:>9} {:>9} {:>10}", "FORWARD QUEUE", "BYTES", "SPANS", "FORWARDED", "FAILURES", "RETRIES", "REROUTED");
+    println!(
+        "{:<28} {:>12} {:>10} {:>14} {:>9} {:>9} {:>10}",
+        "FORWARD QUEUE", "BYTES", "SPANS", "FORWARDED", "FAILURES", "RETRIES", "REROUTED"
+    );
     for q in v["forward_queues"].as_array().into_iter().flatten() {
         println!(
             "{:<28} {:>12} {:>10} {:>14} {:>9} {:>9} {:>10}",

@@ -302,12 +302,20 @@ impl Router {
         }
         let Ok(mut queues) = cluster.queues.write() else {
             // A poisoned lock means a panic elsewhere; a fresh queue still forwards.
-            return PeerQueue::new(addr, cluster.config.queue_max_bytes, cluster.config.stats.clone());
+            return PeerQueue::new(
+                addr,
+                cluster.config.queue_max_bytes,
+                cluster.config.stats.clone(),
+            );
         };
         if let Some(q) = queues.get(addr) {
             return q.clone();
         }
-        let queue = PeerQueue::new(addr, cluster.config.queue_max_bytes, cluster.config.stats.clone());
+        let queue = PeerQueue::new(
+            addr,
+            cluster.config.queue_max_bytes,
+            cluster.config.stats.clone(),
+        );
         queues.insert(addr.to_string(), queue.clone());
         match PeerClient::new(addr, cluster.config.forward_timeout) {
             Ok(client) => {
@@ -500,7 +508,10 @@ impl Owners for Router {
             .is_some_and(|m| m.current().addrs().iter().any(|a| a == addr))
     }
 
-    fn reroute(&self, items: Vec<Item>) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+    fn reroute(
+        &self,
+        items: Vec<Item>,
+    ) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
             let Some(members) = self.membership().map(|m| m.current()) else {
                 return;

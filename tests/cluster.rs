@@ -84,17 +84,32 @@ fn rest_kept(ids: &BTreeSet<[u8; 16]>) -> BTreeSet<String> {
 }
 
 /// Every span arrived at most once, and all spans of a trace carry one decision.
-fn assert_once_with_one_decision(backend: &RecordingBackend) -> BTreeMap<String, Vec<RecordedSpan>> {
+fn assert_once_with_one_decision(
+    backend: &RecordingBackend,
+) -> BTreeMap<String, Vec<RecordedSpan>> {
     let by_trace = backend.spans_by_trace();
     for (trace, spans) in &by_trace {
         let ids: Vec<String> = spans.iter().map(|s| s.span_id_hex()).collect();
         let unique: BTreeSet<&String> = ids.iter().collect();
-        assert_eq!(ids.len(), unique.len(), "trace {trace}: a span arrived twice: {ids:?}");
+        assert_eq!(
+            ids.len(),
+            unique.len(),
+            "trace {trace}: a span arrived twice: {ids:?}"
+        );
         let decisions: BTreeSet<(Option<String>, Option<i64>)> = spans
             .iter()
-            .map(|s| (s.attr_str("tailsift.rule").map(str::to_string), s.attr_i64("SampleRate")))
+            .map(|s| {
+                (
+                    s.attr_str("tailsift.rule").map(str::to_string),
+                    s.attr_i64("SampleRate"),
+                )
+            })
             .collect();
-        assert_eq!(decisions.len(), 1, "trace {trace} was decided more than once: {decisions:?}");
+        assert_eq!(
+            decisions.len(),
+            1,
+            "trace {trace} was decided more than once: {decisions:?}"
+        );
     }
     by_trace
 }
@@ -159,23 +174,36 @@ async fn static_cluster_decides_each_trace_once_with_all_its_spans_wherever_they
     let admin = format!("http://{}", nodes[2].admin);
     let table = run_tailsift(&["cluster", "--admin", &admin], Duration::from_secs(10)).await;
     for m in &expected_members {
-        assert!(table.stdout.contains(m.as_str()), "`tailsift cluster` lists {m}:\n{}", table.stdout);
+        assert!(
+            table.stdout.contains(m.as_str()),
+            "`tailsift cluster` lists {m}:\n{}",
+            table.stdout
+        );
     }
     assert!(table.stdout.contains("(self)"), "{}", table.stdout);
     stop_all(nodes).await;
 
     let by_trace = assert_once_with_one_decision(&backend);
     let got: BTreeSet<String> = by_trace.keys().cloned().collect();
-    assert_eq!(got, expected_traces, "exactly the error, tagged-tenant and consistently sampled traces");
+    assert_eq!(
+        got, expected_traces,
+        "exactly the error, tagged-tenant and consistently sampled traces"
+    );
     for (trace, spans) in &by_trace {
         let ids: BTreeSet<String> = spans.iter().map(|s| s.span_id_hex()).collect();
         assert_eq!(&ids, &sent.spans[trace], "trace {trace} arrived whole");
-        let rule = spans[0].attr_str("tailsift.rule").unwrap_or_default().to_string();
+        let rule = spans[0]
+            .attr_str("tailsift.rule")
+            .unwrap_or_default()
+            .to_string();
         if kept_rest.contains(trace) {
             assert_eq!(rule, "rest");
             assert_eq!(spans[0].attr_i64("SampleRate"), Some(10));
         } else {
-            assert!(rule == "errors" || rule == "tagged-tenants", "{trace}: {rule}");
+            assert!(
+                rule == "errors" || rule == "tagged-tenants",
+                "{trace}: {rule}"
+            );
             assert_eq!(spans[0].attr_i64("SampleRate"), Some(1));
         }
     }
@@ -183,7 +211,12 @@ async fn static_cluster_decides_each_trace_once_with_all_its_spans_wherever_they
 
 /// Keeps sending spread traces (keep-all rules) to `targets` for `rounds`, returning the span
 /// ids of every trace whose requests were all acknowledged.
-async fn send_rounds(targets: &[SocketAddr], seed: u64, rounds: usize, rng: &mut Lcg) -> BTreeMap<String, BTreeSet<String>> {
+async fn send_rounds(
+    targets: &[SocketAddr],
+    seed: u64,
+    rounds: usize,
+    rng: &mut Lcg,
+) -> BTreeMap<String, BTreeSet<String>> {
     let mut all = BTreeMap::new();
     for r in 0..rounds {
         let sent = send_spread(targets, seed * 1000 + r as u64, 100, rng).await;
@@ -213,13 +246,16 @@ async fn a_peer_stopped_for_five_seconds_loses_and_duplicates_nothing_once_it_is
         .iter()
         .map(|q| q["queued_spans"].as_i64().unwrap_or(0))
         .sum();
-    tokio::time::sleep(Duration::from_secs(5).saturating_sub(Duration::from_millis(100 * 10))).await;
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(Duration::from_millis(100 * 10)))
+        .await;
     nodes[2].signal("CONT");
     sent.extend(during);
     sent.extend(send_rounds(&targets, 3, 5, &mut rng).await);
     let total: usize = sent.values().map(BTreeSet::len).sum();
     backend.wait_for_spans(total, WAIT).await;
-    backend.assert_span_count_stays(total, Duration::from_secs(1)).await;
+    backend
+        .assert_span_count_stays(total, Duration::from_secs(1))
+        .await;
     stop_all(nodes).await;
     let by_trace = assert_once_with_one_decision(&backend);
     for (trace, ids) in &sent {
@@ -258,8 +294,11 @@ async fn the_queued_share_of_a_peer_removed_from_membership_reaches_the_new_owne
     let dead = nodes.pop().expect("node 2");
     drop(dead);
     for (node, port) in nodes.iter().zip(two) {
-        std::fs::write(node.config_path(), node_config(backend.grpc_addr(), &rules, &static_section(*port, two)))
-            .expect("rewrite config");
+        std::fs::write(
+            node.config_path(),
+            node_config(backend.grpc_addr(), &rules, &static_section(*port, two)),
+        )
+        .expect("rewrite config");
         node.sighup();
     }
     let total: usize = sent.values().map(BTreeSet::len).sum();

@@ -360,7 +360,9 @@ impl Table {
                 })
             }
         };
-        let mut due = entry.deadline.min(first_seen_timeout(entry.first_seen, &self.limits));
+        let mut due = entry
+            .deadline
+            .min(first_seen_timeout(entry.first_seen, &self.limits));
         if entry.has_root {
             due = due.min(root_at);
         }

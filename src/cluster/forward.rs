@@ -267,7 +267,10 @@ pub trait Owners: Send + Sync + 'static {
     /// True while `addr` is a live member.
     fn is_member(&self, addr: &str) -> bool;
     /// Routes items again with the current members (never refuses: they were acknowledged).
-    fn reroute(&self, items: Vec<Item>) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
+    fn reroute(
+        &self,
+        items: Vec<Item>,
+    ) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
 }
 
 /// Drains one peer's queue until the node stops (and the queue is empty) or the peer leaves

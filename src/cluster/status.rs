@@ -210,18 +210,58 @@ impl ClusterStatus {
         );
         let queues = (self.queues)();
         let series: [(&str, &str, &str, fn(&PeerQueue) -> i64); 7] = [
-            ("tailsift_peer_forwarded_spans_total", "counter", "Spans forwarded to and accepted by each peer", |q| q.counters.forwarded_spans.load(Relaxed) as i64),
-            ("tailsift_peer_forward_failures_total", "counter", "Failed forward calls per peer (each retried)", |q| q.counters.failures.load(Relaxed) as i64),
-            ("tailsift_peer_forward_retries_total", "counter", "Forward retries per peer", |q| q.counters.retries.load(Relaxed) as i64),
-            ("tailsift_peer_rerouted_spans_total", "counter", "Queued spans routed to a new owner after the peer left", |q| q.counters.rerouted_spans.load(Relaxed) as i64),
-            ("tailsift_peer_handoff_traces_total", "counter", "Buffered traces handed to each peer after membership changes", |q| q.counters.handoff_traces.load(Relaxed) as i64),
-            ("tailsift_peer_queue_bytes", "gauge", "Bytes reserved or queued for each peer", |q| q.bytes() as i64),
-            ("tailsift_peer_queue_spans", "gauge", "Spans queued for each peer", |q| q.queued_spans()),
+            (
+                "tailsift_peer_forwarded_spans_total",
+                "counter",
+                "Spans forwarded to and accepted by each peer",
+                |q| q.counters.forwarded_spans.load(Relaxed) as i64,
+            ),
+            (
+                "tailsift_peer_forward_failures_total",
+                "counter",
+                "Failed forward calls per peer (each retried)",
+                |q| q.counters.failures.load(Relaxed) as i64,
+            ),
+            (
+                "tailsift_peer_forward_retries_total",
+                "counter",
+                "Forward retries per peer",
+                |q| q.counters.retries.load(Relaxed) as i64,
+            ),
+            (
+                "tailsift_peer_rerouted_spans_total",
+                "counter",
+                "Queued spans routed to a new owner after the peer left",
+                |q| q.counters.rerouted_spans.load(Relaxed) as i64,
+            ),
+            (
+                "tailsift_peer_handoff_traces_total",
+                "counter",
+                "Buffered traces handed to each peer after membership changes",
+                |q| q.counters.handoff_traces.load(Relaxed) as i64,
+            ),
+            (
+                "tailsift_peer_queue_bytes",
+                "gauge",
+                "Bytes reserved or queued for each peer",
+                |q| q.bytes() as i64,
+            ),
+            (
+                "tailsift_peer_queue_spans",
+                "gauge",
+                "Spans queued for each peer",
+                |q| q.queued_spans(),
+            ),
         ];
         for (name, kind, help, get) in series {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for q in &queues {
-                let _ = writeln!(out, "{name}{{peer=\"{}\"}} {}", q.addr().replace('"', ""), get(q));
+                let _ = writeln!(
+                    out,
+                    "{name}{{peer=\"{}\"}} {}",
+                    q.addr().replace('"', ""),
+                    get(q)
+                );
             }
         }
         let i = &self.intake;

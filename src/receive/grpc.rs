@@ -15,8 +15,8 @@ use tonic::server::{NamedService, UnaryService};
 use tonic::{Code, Status};
 
 use super::{ReceiveError, Receiver};
-use crate::otlp::codec::RawCodec;
 use crate::model::TenantId;
+use crate::otlp::codec::RawCodec;
 use crate::otlp::json::export_response;
 use crate::otlp::wire::{put_bytes, put_key, put_varint, VARINT};
 use crate::otlp::EXPORT_PATH;

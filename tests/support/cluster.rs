@@ -24,7 +24,10 @@ pub fn peer_addr(port: u16) -> String {
 
 /// A `[cluster]` section with static membership over `ports`, this node on `me`.
 pub fn static_section(me: u16, ports: &[u16]) -> String {
-    let peers: Vec<String> = ports.iter().map(|p| format!("\"{}\"", peer_addr(*p))).collect();
+    let peers: Vec<String> = ports
+        .iter()
+        .map(|p| format!("\"{}\"", peer_addr(*p)))
+        .collect();
     format!(
         "[cluster]\nmembership = \"static\"\npeer_listen = \"127.0.0.1:{me}\"\nadvertise = \"{}\"\npeers = [{}]\nforward_retry_max = \"500ms\"\n",
         peer_addr(me),
