@@ -490,23 +490,21 @@ async fn start_cluster(
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                            changed = changes.changed() => {
-                                if changed.is_err() {
-                                    return;
-                                }
-                                // Not wired yet: throughput goals are not split across members (each node spends the
-                // whole goal). The sampler board needs a member count first.
-                let _ = (&samplers, membership.current().count());
-                                router.poke_senders();
-                                router.rebalance().await;
-                            }
-                            _ = tick.tick() => {
-                                if router.take_strays() {
-                                    router.rebalance().await;
-                                }
-                            }
-                            _ = &mut stopped => return,
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            return;
                         }
+                        let _ = membership.current().count();
+                        router.poke_senders();
+                        router.rebalance().await;
+                    }
+                    _ = tick.tick() => {
+                        if router.take_strays() {
+                            router.rebalance().await;
+                        }
+                    }
+                    _ = &mut stopped => return,
+                }
             }
         })
     };

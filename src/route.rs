@@ -452,13 +452,19 @@ impl Router {
                         }
                         None => {
                             let shard = &self.inner.shards[self.shard_of(&first.index.trace_id)];
-                            let _ = shard
-                                .send(ShardMsg::Adopt {
-                                    spans,
-                                    first_seen,
-                                    root_seen,
-                                })
-                                .await;
+                            let n = spans.len() as u64;
+                            let msg = ShardMsg::Adopt {
+                                spans,
+                                first_seen,
+                                root_seen,
+                            };
+                            if shard.send(msg).await.is_err() {
+                                // The shards have closed: only at the end of a shutdown.
+                                cluster
+                                    .config
+                                    .stats
+                                    .drop_spans(crate::model::DropReason::ShutdownDeadline, n);
+                            }
                         }
                     }
                 }
@@ -474,7 +480,15 @@ impl Router {
         }
         for (i, part) in parts.into_iter().enumerate() {
             if !part.is_empty() {
-                let _ = self.inner.shards[i].send(ShardMsg::Spans(part)).await;
+                let n = part.len() as u64;
+                if self.inner.shards[i].send(ShardMsg::Spans(part)).await.is_err() {
+                    // The shards have closed: only at the end of a shutdown.
+                    if let Some(c) = &self.inner.cluster {
+                        c.config
+                            .stats
+                            .drop_spans(crate::model::DropReason::ShutdownDeadline, n);
+                    }
+                }
             }
         }
     }

@@ -15,6 +15,9 @@ use super::peer::{InfoResponse, PeerClient};
 use crate::config::MembershipKind;
 use crate::model::TraceId;
 
+/// One per-peer Prometheus series: name, type, help, and how to read it off a queue.
+type Series = (&'static str, &'static str, &'static str, fn(&PeerQueue) -> i64);
+
 /// The handles the cluster report reads.
 pub struct ClusterStatus {
     /// static | dns | redis.
@@ -209,7 +212,7 @@ impl ClusterStatus {
             provider.errors,
         );
         let queues = (self.queues)();
-        let series: [(&str, &str, &str, fn(&PeerQueue) -> i64); 7] = [
+        let series: [Series; 7] = [
             (
                 "tailsift_peer_forwarded_spans_total",
                 "counter",
