@@ -137,16 +137,7 @@ impl Router {
             return self.route_local(spans).await;
         };
         let members = cluster.config.membership.current();
-        let mut local = Vec::new();
-        let mut remote: HashMap<usize, Vec<SpanRecord>> = HashMap::new();
-        for span in spans {
-            match members.owner(&span.index.trace_id) {
-                Some(i) if Some(i) != members.self_index() => {
-                    remote.entry(i).or_default().push(span)
-                }
-                _ => local.push(span),
-            }
-        }
+        let (local, remote) = split_by_owner(&members, spans);
         // Room in every peer queue first (no waiting: a full queue refuses the request).
         let mut reserved: Vec<(Reservation, Vec<SpanRecord>)> = Vec::with_capacity(remote.len());
         for (i, part) in remote {
@@ -416,16 +407,7 @@ impl Router {
         for item in items {
             match item {
                 Item::Spans(spans) => {
-                    let mut local = Vec::new();
-                    let mut remote: HashMap<usize, Vec<SpanRecord>> = HashMap::new();
-                    for s in spans {
-                        match members.owner(&s.index.trace_id) {
-                            Some(i) if Some(i) != members.self_index() => {
-                                remote.entry(i).or_default().push(s)
-                            }
-                            _ => local.push(s),
-                        }
-                    }
+                    let (local, remote) = split_by_owner(members, spans);
                     for (i, part) in remote {
                         self.queue_for(cluster, &members.addrs()[i])
                             .push_forced(Item::Spans(part));
@@ -481,7 +463,11 @@ impl Router {
         for (i, part) in parts.into_iter().enumerate() {
             if !part.is_empty() {
                 let n = part.len() as u64;
-                if self.inner.shards[i].send(ShardMsg::Spans(part)).await.is_err() {
+                if self.inner.shards[i]
+                    .send(ShardMsg::Spans(part))
+                    .await
+                    .is_err()
+                {
                     // The shards have closed: only at the end of a shutdown.
                     if let Some(c) = &self.inner.cluster {
                         c.config
@@ -533,6 +519,22 @@ impl Owners for Router {
             self.place(items, &members, false).await;
         })
     }
+}
+
+/// This node's spans, and every other owner's (by member index).
+type Split = (Vec<SpanRecord>, HashMap<usize, Vec<SpanRecord>>);
+
+/// Splits spans into those this node owns and those of each other member.
+fn split_by_owner(members: &Members, spans: Vec<SpanRecord>) -> Split {
+    let mut local = Vec::new();
+    let mut remote: HashMap<usize, Vec<SpanRecord>> = HashMap::new();
+    for span in spans {
+        match members.owner(&span.index.trace_id) {
+            Some(i) if Some(i) != members.self_index() => remote.entry(i).or_default().push(span),
+            _ => local.push(span),
+        }
+    }
+    (local, remote)
 }
 
 /// Reserved shard permits and the spans each will carry.

@@ -114,6 +114,20 @@ fn assert_once_with_one_decision(
     by_trace
 }
 
+/// Every span of every trace in `sent` arrived.
+fn assert_all_arrived_whole(
+    by_trace: &BTreeMap<String, Vec<RecordedSpan>>,
+    sent: &BTreeMap<String, BTreeSet<String>>,
+) {
+    for (trace, ids) in sent {
+        let got: BTreeSet<String> = by_trace
+            .get(trace)
+            .map(|s| s.iter().map(|s| s.span_id_hex()).collect())
+            .unwrap_or_default();
+        assert_eq!(&got, ids, "trace {trace} arrived whole");
+    }
+}
+
 async fn stop_all(nodes: Vec<TailsiftProcess>) {
     for n in &nodes {
         n.sigterm();
@@ -257,14 +271,7 @@ async fn a_peer_stopped_for_five_seconds_loses_and_duplicates_nothing_once_it_is
         .assert_span_count_stays(total, Duration::from_secs(1))
         .await;
     stop_all(nodes).await;
-    let by_trace = assert_once_with_one_decision(&backend);
-    for (trace, ids) in &sent {
-        let got: BTreeSet<String> = by_trace
-            .get(trace)
-            .map(|s| s.iter().map(|s| s.span_id_hex()).collect())
-            .unwrap_or_default();
-        assert_eq!(&got, ids, "trace {trace} arrived whole");
-    }
+    assert_all_arrived_whole(&assert_once_with_one_decision(&backend), &sent);
     assert!(queued > 0, "the stopped peer's share was queued meanwhile");
 }
 
@@ -313,12 +320,5 @@ async fn the_queued_share_of_a_peer_removed_from_membership_reaches_the_new_owne
         .sum();
     assert!(rerouted > 0, "{view}");
     stop_all(nodes).await;
-    let by_trace = assert_once_with_one_decision(&backend);
-    for (trace, ids) in &sent {
-        let got: BTreeSet<String> = by_trace
-            .get(trace)
-            .map(|s| s.iter().map(|s| s.span_id_hex()).collect())
-            .unwrap_or_default();
-        assert_eq!(&got, ids, "trace {trace} arrived whole");
-    }
+    assert_all_arrived_whole(&assert_once_with_one_decision(&backend), &sent);
 }

@@ -16,7 +16,12 @@ use crate::config::MembershipKind;
 use crate::model::TraceId;
 
 /// One per-peer Prometheus series: name, type, help, and how to read it off a queue.
-type Series = (&'static str, &'static str, &'static str, fn(&PeerQueue) -> i64);
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&PeerQueue) -> i64,
+);
 
 /// The handles the cluster report reads.
 pub struct ClusterStatus {
