@@ -478,9 +478,7 @@ async fn start_cluster(
         let samplers = samplers.clone();
         let mut changes = membership.subscribe();
         let mut stop = stop_rx.clone();
-        // Not wired yet: throughput goals are not split across members (each node spends the
-        // whole goal). The sampler board needs a member count first.
-        let _ = (&samplers, membership.current().count());
+        samplers.set_members(membership.current().count());
         tokio::spawn(async move {
             let stopped = async move {
                 let _ = stop.wait_for(|s| *s).await;
@@ -494,7 +492,7 @@ async fn start_cluster(
                         if changed.is_err() {
                             return;
                         }
-                        let _ = membership.current().count();
+                        samplers.set_members(membership.current().count());
                         router.poke_senders();
                         router.rebalance().await;
                     }

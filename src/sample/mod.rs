@@ -138,6 +138,8 @@ impl Instance {
 /// One shard's sampler instances; owned by the shard's `Decider`.
 pub struct ShardSamplers {
     shards: usize,
+    /// Live cluster members the throughput goals were split for (1 on a single node).
+    members: usize,
     slot: Option<(Arc<SamplerBoard>, usize)>,
     instances: HashMap<String, Instance>,
     /// Source hash of the rule set the instances were built for.
@@ -150,6 +152,7 @@ impl ShardSamplers {
     pub fn new(shards: usize, board: Option<(Arc<SamplerBoard>, usize)>) -> Self {
         ShardSamplers {
             shards: shards.max(1),
+            members: 1,
             slot: board,
             instances: HashMap::new(),
             built_for: None,
@@ -165,11 +168,19 @@ impl ShardSamplers {
 
     /// Brings the instances in line with `rules` (cheap when nothing changed): a sampler whose
     /// settings are unchanged keeps what it learned; a changed one starts over.
+    ///
+    /// Throughput goals are cluster goals: each shard spends goal ÷ (shards × live members).
+    /// When the member count on the board changes, throughput samplers are rebuilt for the
+    /// new split (their learned rates start over); other samplers keep theirs.
     pub fn sync(&mut self, rules: &RuleSet) {
-        if self.built_for == Some(rules.source_hash()) {
+        let members = self.slot.as_ref().map_or(1, |(b, _)| b.members());
+        let resplit = members != self.members;
+        if self.built_for == Some(rules.source_hash()) && !resplit {
             return;
         }
+        self.members = members;
         self.built_for = Some(rules.source_hash());
+        let divisor = self.shards * self.members;
         let specs = rules.sampler_specs();
         let mut old = std::mem::take(&mut self.instances);
         for (name, spec) in specs {
@@ -184,13 +195,21 @@ impl ShardSamplers {
                 spec: spec.clone(),
                 within,
             };
+            let throughput = matches!(
+                resolved.spec,
+                SamplerSpec::EmaThroughput { .. } | SamplerSpec::TenantFair { .. }
+            );
             let instance = match old.remove(name) {
-                Some(i) if i.resolved == resolved => i,
+                Some(i) if i.resolved == resolved && !(resplit && throughput) => i,
+                Some(i) if i.resolved == resolved => {
+                    tracing::info!(sampler = %name, members, "cluster membership changed; throughput goal split again");
+                    Instance::build(resolved, divisor)
+                }
                 Some(_) => {
                     tracing::info!(sampler = %name, "sampler settings changed; its learned rates are reset");
-                    Instance::build(resolved, self.shards)
+                    Instance::build(resolved, divisor)
                 }
-                None => Instance::build(resolved, self.shards),
+                None => Instance::build(resolved, divisor),
             };
             self.instances.insert(name.clone(), instance);
         }
@@ -263,6 +282,7 @@ pub struct Published {
 /// Where shards publish sampler snapshots and the admin API reads them merged.
 pub struct SamplerBoard {
     shards: Vec<ArcSwap<HashMap<String, Arc<Published>>>>,
+    members: std::sync::atomic::AtomicUsize,
 }
 
 /// A sampler's state merged across shards.
@@ -289,7 +309,20 @@ impl SamplerBoard {
     pub fn new(shards: usize) -> Arc<SamplerBoard> {
         Arc::new(SamplerBoard {
             shards: (0..shards.max(1)).map(|_| ArcSwap::default()).collect(),
+            members: std::sync::atomic::AtomicUsize::new(1),
         })
+    }
+
+    /// Tells every shard how many live cluster members share the throughput goals (called
+    /// on every membership change; 0 counts as 1). Shards re-split at their next decision.
+    pub fn set_members(&self, n: usize) {
+        self.members
+            .store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Live cluster members the goals are split across.
+    pub fn members(&self) -> usize {
+        self.members.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The named sampler merged over every shard that published it.

@@ -220,3 +220,33 @@ fn throughput_goals_are_split_between_shards() {
         .expect("budget");
     assert!((rate.get() - 8.0).abs() < 0.5, "{rate:?}");
 }
+
+#[test]
+fn throughput_goals_are_cluster_goals_split_between_live_members() {
+    let set = rules(RULES);
+    let board = SamplerBoard::new(1);
+    let mut s = ShardSamplers::new(1, Some((board.clone(), 0)));
+    let t = trace("acme", "/a");
+    // One key at 1000 traces/s; the cluster goal is 500/s.
+    let rate_after_a_minute = |s: &mut ShardSamplers, t0: Instant| {
+        s.sync(&set);
+        for i in 0..60_000u64 {
+            s.rate("budget", &t, t0 + Duration::from_millis(i));
+        }
+        s.rate("budget", &t, t0 + Duration::from_secs(61))
+            .expect("budget")
+            .get()
+    };
+    let t0 = Instant::now();
+    // Alone: the node spends the whole 500/s → rate 2.
+    let alone = rate_after_a_minute(&mut s, t0);
+    assert!((alone - 2.0).abs() < 0.2, "{alone}");
+    // Three members: this node spends 500/3 ≈ 167/s → rate 6.
+    board.set_members(3);
+    let of_three = rate_after_a_minute(&mut s, t0 + Duration::from_secs(100));
+    assert!((of_three - 6.0).abs() < 0.5, "{of_three}");
+    // One left: 250/s → rate 4.
+    board.set_members(2);
+    let of_two = rate_after_a_minute(&mut s, t0 + Duration::from_secs(200));
+    assert!((of_two - 4.0).abs() < 0.4, "{of_two}");
+}
