@@ -27,11 +27,13 @@ struct Sent {
 }
 
 /// Builds `n` traces of 6 spans (every 7th has an error, every 5th is tenant acme), splits
-/// each into 3 parts, and sends every part to a node picked at random. Returns what was sent;
-/// every request must be acknowledged.
+/// each into 3 parts, and sends every part to a node picked at random, the parts holding a
+/// root only once every other part is acknowledged (so no trace is decided on its root before
+/// its error span was even sent). Returns what was sent; every request must be acknowledged.
 async fn send_spread(nodes: &[SocketAddr], seed: u64, n: usize, rng: &mut Lcg) -> Sent {
     let mut sent = Sent::default();
-    let mut per_node: Vec<Vec<ResourceSpans>> = vec![Vec::new(); nodes.len()];
+    // Two phases (children, then roots), each a list of parts per node.
+    let mut per_node: Vec<Vec<Vec<ResourceSpans>>> = vec![vec![Vec::new(); nodes.len()]; 2];
     for i in 0..n {
         let id = trace_id_from_seed(seed * 1_000_003 + i as u64);
         let error = i % 7 == 0;
@@ -48,23 +50,27 @@ async fn send_spread(nodes: &[SocketAddr], seed: u64, n: usize, rng: &mut Lcg) -
         } else {
             sent.rest.insert(id);
         }
-        for part in split_spans(&trace, 3) {
-            per_node[rng.below(nodes.len())].push(part);
+        // Part 0 holds the root; as in a real service, the root's part is sent last.
+        for (p, part) in split_spans(&trace, 3).into_iter().enumerate() {
+            let phase = usize::from(p == 0);
+            per_node[phase][rng.below(nodes.len())].push(part);
         }
     }
-    let mut tasks = Vec::new();
-    for (node, parts) in nodes.iter().zip(per_node) {
-        let node = *node;
-        tasks.push(tokio::spawn(async move {
-            for chunk in parts.chunks(25) {
-                send_grpc(node, make_request(chunk.to_vec()))
-                    .await
-                    .unwrap_or_else(|e| panic!("node {node} refused a request: {e}"));
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("sender task");
+    for phase in per_node {
+        let mut tasks = Vec::new();
+        for (node, parts) in nodes.iter().zip(phase) {
+            let node = *node;
+            tasks.push(tokio::spawn(async move {
+                for chunk in parts.chunks(25) {
+                    send_grpc(node, make_request(chunk.to_vec()))
+                        .await
+                        .unwrap_or_else(|e| panic!("node {node} refused a request: {e}"));
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("sender task");
+        }
     }
     sent
 }

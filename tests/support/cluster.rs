@@ -35,9 +35,12 @@ pub fn static_section(me: u16, ports: &[u16]) -> String {
     )
 }
 
-/// The standard test config plus a `[cluster]` section.
+/// The standard test config plus a `[cluster]` section, with a root grace that leaves room
+/// for the forwarding hop on a loaded CI machine.
 pub fn node_config(backend_grpc: SocketAddr, rules: &Path, cluster: &str) -> String {
-    format!("{}{}", test_config(backend_grpc, rules), cluster)
+    let base =
+        test_config(backend_grpc, rules).replace("root_grace = \"300ms\"", "root_grace = \"1s\"");
+    format!("{base}{cluster}")
 }
 
 /// Starts one node per section.
