@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what the tests need (the Python
 # OpenTelemetry SDK and a Prometheus text parser for the interop and metrics tests; Debian's
-# chromium for the dashboard test), runs every
+# chromium for the dashboard test; Debian's redis-server for the redis membership tests), runs every
 # Rust test, a short smoke run of the benchmark harness (harness correctness only; no timing is
 # asserted), and each fuzz target for FUZZ_SECONDS (default 30).
 set -euo pipefail
@@ -20,6 +20,17 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 export TAILSIFT_REQUIRE_CHROMIUM=1
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "== installing Debian's redis-server (the redis membership tests start their own on a free port)"
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "cannot install redis-server here (needs root and apt-get); install it, then rerun" >&2
+    exit 1
+  fi
+fi
+export TAILSIFT_REQUIRE_REDIS=1
 
 echo "== cargo test"
 cargo test --locked --all-targets

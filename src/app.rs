@@ -449,10 +449,14 @@ async fn start_cluster(
             }
         })
     };
-    let provider = match cc.membership {
-        MembershipKind::Static => None,
-        MembershipKind::Dns | MembershipKind::Redis => start_provider(cc, &membership, stop_rx),
-    };
+    let provider = start_provider(cc, &membership, stop_rx);
+    if provider.is_some() && !membership.wait_first_read(FIRST_MEMBERSHIP_WAIT).await {
+        tracing::warn!(
+            kind = ?cc.membership,
+            error = membership.report().last_error.unwrap_or_default(),
+            "no membership read within {FIRST_MEMBERSHIP_WAIT:?}; starting alone and joining the others when the provider answers"
+        );
+    }
     let reread_peers: Option<Arc<dyn Fn() + Send + Sync>> = match (&cc.membership, &config.source) {
         (MembershipKind::Static, Some(path)) => {
             let path = path.clone();
@@ -538,11 +542,37 @@ fn start_provider(
     membership: &Arc<MembershipHandle>,
     stop_rx: &watch::Receiver<bool>,
 ) -> Option<JoinHandle<()>> {
-    let _ = (membership, stop_rx);
-    // Validated away before start (Config::validate); kept total for the match in start_cluster.
-    tracing::error!(kind = ?cc.membership, "membership provider not available in this build");
-    None
+    let membership = membership.clone();
+    let stop = stop_rx.clone();
+    match cc.membership {
+        MembershipKind::Static => None,
+        MembershipKind::Dns => {
+            let source = crate::cluster::dns::DnsSource {
+                name: cc.dns_name.clone().unwrap_or_default(),
+                port: cc.dns_port,
+                server: cc.dns_server,
+            };
+            let interval = cc.dns_interval.0;
+            Some(tokio::spawn(crate::cluster::dns::run(
+                source, interval, membership, stop,
+            )))
+        }
+        MembershipKind::Redis => {
+            let source = crate::cluster::redis::RedisSource {
+                url: cc.redis_url.clone().unwrap_or_default(),
+                prefix: cc.redis_prefix.clone(),
+                ttl: cc.member_ttl.0,
+            };
+            Some(tokio::spawn(crate::cluster::redis::run(
+                source, membership, stop,
+            )))
+        }
+    }
 }
+
+/// How long a node waits at start for its first view of the members before it opens its
+/// listeners anyway (on its own, it owns every trace until the provider answers).
+const FIRST_MEMBERSHIP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn tokio_stream_from(
     listener: TcpListener,

@@ -531,10 +531,16 @@ fn default_forward_retry_max() -> HumanDuration {
     HumanDuration(Duration::from_secs(2))
 }
 
+/// The environment variable that overrides `cluster.advertise`.
+pub const ADVERTISE_ENV: &str = "TAILSIFT_ADVERTISE";
+
 impl ClusterConfig {
-    /// This node's advertise address: `advertise`, else the host name and the peer port.
+    /// This node's advertise address: the `TAILSIFT_ADVERTISE` environment variable (so a
+    /// Kubernetes manifest can pass `$(POD_IP):4319`), else `advertise`, else the host name
+    /// and the peer port.
     pub fn advertise_address(&self) -> String {
-        match &self.advertise {
+        let from_env = std::env::var(ADVERTISE_ENV).ok().filter(|a| !a.is_empty());
+        match from_env.as_ref().or(self.advertise.as_ref()) {
             Some(a) => a.clone(),
             None => {
                 let host = std::env::var("HOSTNAME")
@@ -564,12 +570,7 @@ impl ClusterConfig {
                     }
                 }
             }
-            MembershipKind::Dns | MembershipKind::Redis => {
-                out.push(format!(
-                    "cluster.membership = \"{}\" is not available in this build yet (static only); use membership = \"static\" with cluster.peers",
-                    if self.membership == MembershipKind::Dns { "dns" } else { "redis" }
-                ));
-            }
+            MembershipKind::Dns | MembershipKind::Redis => {}
         }
         match self.membership {
             MembershipKind::Static => {}
@@ -590,8 +591,20 @@ impl ClusterConfig {
                 Some(u) if !(u.starts_with("redis://") || u.starts_with("rediss://")) => {
                     out.push(format!("cluster.redis_url {u:?} must start with redis://"))
                 }
-                Some(_) => {}
+                Some(u) => {
+                    if let Err(e) = redis::Client::open(u) {
+                        out.push(format!("cluster.redis_url {u:?}: {e}"));
+                    }
+                    if self.member_ttl.0 < Duration::from_secs(1) {
+                        out.push("cluster.member_ttl must be at least 1s (registrations are renewed every 500ms)".into());
+                    }
+                }
             },
+        }
+        if let Ok(a) = std::env::var(ADVERTISE_ENV) {
+            if !a.is_empty() && !valid_host_port(&a) {
+                out.push(format!("{ADVERTISE_ENV}: {a:?} is not host:port"));
+            }
         }
         if let Some(a) = &self.advertise {
             if !valid_host_port(a) {

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use support::cluster::*;
+use support::dns::TestDns;
+use support::redis::TestRedis;
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -150,22 +152,16 @@ async fn cluster_json(node: &TailsiftProcess) -> serde_json::Value {
     serde_json::from_str(&reply.text()).expect("cluster JSON")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn static_cluster_decides_each_trace_once_with_all_its_spans_wherever_they_arrive() {
-    let backend = RecordingBackend::start().await;
-    let ports = free_ports(3);
-    let sections: Vec<String> = ports.iter().map(|p| static_section(*p, &ports)).collect();
-    let nodes = start_nodes(backend.grpc_addr(), &default_rules(), &sections).await;
+/// Spreads 1,500 traces over `nodes` and checks that exactly the error, tagged-tenant and
+/// consistently sampled traces arrived, each whole, each span once, with one decision.
+async fn assert_spread_decided_once(
+    backend: &RecordingBackend,
+    nodes: &[TailsiftProcess],
+    seed: u64,
+) {
     let grpc: Vec<SocketAddr> = nodes.iter().map(|n| n.grpc).collect();
-
-    let view = cluster_json(&nodes[0]).await;
-    let mut expected_members: Vec<String> = ports.iter().map(|p| peer_addr(*p)).collect();
-    expected_members.sort();
-    assert_eq!(view["self"], peer_addr(ports[0]));
-    assert_eq!(view["members"], serde_json::json!(expected_members));
-
-    let mut rng = Lcg(0x9E37_79B9_7F4A_7C15);
-    let sent = send_spread(&grpc, 11, 1_500, &mut rng).await;
+    let mut rng = Lcg(0x9E37_79B9_7F4A_7C15 ^ seed);
+    let sent = send_spread(&grpc, seed, 1_500, &mut rng).await;
     let kept_rest = rest_kept(&sent.rest);
     let expected_traces: BTreeSet<String> = sent.must_keep.union(&kept_rest).cloned().collect();
     let expected_spans = expected_traces.len() * 6;
@@ -174,6 +170,67 @@ async fn static_cluster_decides_each_trace_once_with_all_its_spans_wherever_they
     backend
         .assert_span_count_stays(expected_spans, Duration::from_millis(1_500))
         .await;
+    let by_trace = assert_once_with_one_decision(backend);
+    let got: BTreeSet<String> = by_trace.keys().cloned().collect();
+    assert_eq!(
+        got, expected_traces,
+        "exactly the error, tagged-tenant and consistently sampled traces"
+    );
+    for (trace, spans) in &by_trace {
+        let ids: BTreeSet<String> = spans.iter().map(|s| s.span_id_hex()).collect();
+        assert_eq!(&ids, &sent.spans[trace], "trace {trace} arrived whole");
+        let rule = spans[0]
+            .attr_str("tailsift.rule")
+            .unwrap_or_default()
+            .to_string();
+        if kept_rest.contains(trace) {
+            assert_eq!(rule, "rest");
+            assert_eq!(spans[0].attr_i64("SampleRate"), Some(10));
+        } else {
+            assert!(
+                rule == "errors" || rule == "tagged-tenants",
+                "{trace}: {rule}"
+            );
+            assert_eq!(spans[0].attr_i64("SampleRate"), Some(1));
+        }
+    }
+}
+
+/// Waits until `node` lists exactly `members` (sorted advertise addresses).
+async fn wait_for_members(node: &TailsiftProcess, members: &[String], within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let view = cluster_json(node).await;
+        if view["members"] == serde_json::json!(members) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node does not list {members:?} after {within:?}: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn sorted_peer_addrs(ports: &[u16]) -> Vec<String> {
+    let mut m: Vec<String> = ports.iter().map(|p| peer_addr(*p)).collect();
+    m.sort();
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_cluster_decides_each_trace_once_with_all_its_spans_wherever_they_arrive() {
+    let backend = RecordingBackend::start().await;
+    let ports = free_ports(3);
+    let sections: Vec<String> = ports.iter().map(|p| static_section(*p, &ports)).collect();
+    let nodes = start_nodes(backend.grpc_addr(), &default_rules(), &sections).await;
+
+    let view = cluster_json(&nodes[0]).await;
+    let expected_members = sorted_peer_addrs(&ports);
+    assert_eq!(view["self"], peer_addr(ports[0]));
+    assert_eq!(view["members"], serde_json::json!(expected_members));
+
+    assert_spread_decided_once(&backend, &nodes, 11).await;
 
     let view = cluster_json(&nodes[1]).await;
     let forwarded: u64 = view["forward_queues"]
@@ -202,31 +259,150 @@ async fn static_cluster_decides_each_trace_once_with_all_its_spans_wherever_they
     }
     assert!(table.stdout.contains("(self)"), "{}", table.stdout);
     stop_all(nodes).await;
+}
 
-    let by_trace = assert_once_with_one_decision(&backend);
-    let got: BTreeSet<String> = by_trace.keys().cloned().collect();
-    assert_eq!(
-        got, expected_traces,
-        "exactly the error, tagged-tenant and consistently sampled traces"
-    );
-    for (trace, spans) in &by_trace {
-        let ids: BTreeSet<String> = spans.iter().map(|s| s.span_id_hex()).collect();
-        assert_eq!(&ids, &sent.spans[trace], "trace {trace} arrived whole");
-        let rule = spans[0]
-            .attr_str("tailsift.rule")
-            .unwrap_or_default()
-            .to_string();
-        if kept_rest.contains(trace) {
-            assert_eq!(rule, "rest");
-            assert_eq!(spans[0].attr_i64("SampleRate"), Some(10));
-        } else {
-            assert!(
-                rule == "errors" || rule == "tagged-tenants",
-                "{trace}: {rule}"
-            );
-            assert_eq!(spans[0].attr_i64("SampleRate"), Some(1));
-        }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_cluster_decides_each_trace_once_and_follows_the_records_when_they_change() {
+    let backend = RecordingBackend::start().await;
+    let ports = free_ports(3);
+    let dns = TestDns::start(&ports).await;
+    let sections: Vec<String> = ports
+        .iter()
+        .map(|p| {
+            format!(
+                "[cluster]\nmembership = \"dns\"\npeer_listen = \"127.0.0.1:{p}\"\nadvertise = \"{}\"\ndns_name = \"{}\"\ndns_server = \"{}\"\ndns_interval = \"200ms\"\nforward_retry_max = \"500ms\"\n",
+                peer_addr(*p),
+                support::dns::SRV_NAME,
+                dns.addr
+            )
+        })
+        .collect();
+    let nodes = start_nodes(backend.grpc_addr(), &default_rules(), &sections).await;
+    for n in &nodes {
+        wait_for_members(n, &sorted_peer_addrs(&ports), Duration::from_secs(5)).await;
     }
+    let view = cluster_json(&nodes[0]).await;
+    assert_eq!(view["membership"], "dns", "{view}");
+    assert_eq!(view["provider"]["healthy"], true, "{view}");
+
+    assert_spread_decided_once(&backend, &nodes, 12).await;
+
+    // The records drop the third node: the others follow within a few intervals.
+    dns.set_ports(&ports[..2]);
+    for n in &nodes[..2] {
+        wait_for_members(n, &sorted_peer_addrs(&ports[..2]), Duration::from_secs(3)).await;
+    }
+    assert!(dns.queries() > 0);
+    stop_all(nodes).await;
+}
+
+fn redis_section(port: u16, url: &str) -> String {
+    format!(
+        "[cluster]\nmembership = \"redis\"\npeer_listen = \"127.0.0.1:{port}\"\nadvertise = \"{}\"\nredis_url = \"{url}\"\nmember_ttl = \"2s\"\nforward_retry_max = \"500ms\"\n",
+        peer_addr(port)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_decides_each_trace_once_and_sees_a_leave_at_once_and_a_crash_within_the_ttl()
+{
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let backend = RecordingBackend::start().await;
+    let ports = free_ports(3);
+    let sections: Vec<String> = ports
+        .iter()
+        .map(|p| redis_section(*p, &redis.url()))
+        .collect();
+    let mut nodes = start_nodes(backend.grpc_addr(), &default_rules(), &sections).await;
+    for n in &nodes {
+        wait_for_members(n, &sorted_peer_addrs(&ports), Duration::from_secs(5)).await;
+    }
+    let view = cluster_json(&nodes[0]).await;
+    assert_eq!(view["membership"], "redis", "{view}");
+    assert_eq!(view["provider"]["healthy"], true, "{view}");
+
+    assert_spread_decided_once(&backend, &nodes, 13).await;
+
+    // A node that stops deregisters: the others drop it within a second.
+    let leaver = nodes.pop().expect("node 2");
+    leaver.sigterm();
+    let mut leaver = leaver;
+    assert!(leaver.wait_exit(WAIT).await.success(), "{}", leaver.log());
+    for n in &nodes {
+        wait_for_members(n, &sorted_peer_addrs(&ports[..2]), Duration::from_secs(1)).await;
+    }
+    // A node that is killed cannot deregister: its registration expires (member_ttl 2s).
+    let mut crashed = nodes.pop().expect("node 1");
+    crashed.kill();
+    wait_for_members(
+        &nodes[0],
+        &sorted_peer_addrs(&ports[..1]),
+        Duration::from_secs(4),
+    )
+    .await;
+    drop(crashed);
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_of_ten_seconds_under_load_keeps_the_last_membership_and_loses_nothing() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let backend = RecordingBackend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write_file(dir.path(), "rules.toml", KEEP_ALL_RULES);
+    let ports = free_ports(3);
+    let sections: Vec<String> = ports
+        .iter()
+        .map(|p| redis_section(*p, &redis.url()))
+        .collect();
+    let nodes = start_nodes(backend.grpc_addr(), &rules, &sections).await;
+    let all = sorted_peer_addrs(&ports);
+    for n in &nodes {
+        wait_for_members(n, &all, Duration::from_secs(5)).await;
+    }
+    let targets: Vec<SocketAddr> = nodes.iter().map(|n| n.grpc).collect();
+    let mut rng = Lcg(99);
+    let mut sent = send_rounds(&targets, 21, 3, &mut rng).await;
+    redis.signal("STOP");
+    let outage_started = tokio::time::Instant::now();
+    let mut round = 0;
+    while outage_started.elapsed() < Duration::from_secs(10) {
+        sent.extend(send_rounds(&targets, 22 + round, 5, &mut rng).await);
+        round += 1;
+    }
+    let view = cluster_json(&nodes[0]).await;
+    assert_eq!(
+        view["provider"]["healthy"], false,
+        "the outage is reported: {view}"
+    );
+    assert_eq!(
+        view["members"],
+        serde_json::json!(all),
+        "the last membership stays: {view}"
+    );
+    redis.signal("CONT");
+    sent.extend(send_rounds(&targets, 90, 5, &mut rng).await);
+    let total: usize = sent.values().map(BTreeSet::len).sum();
+    backend.wait_for_spans(total, WAIT).await;
+    backend
+        .assert_span_count_stays(total, Duration::from_secs(1))
+        .await;
+    // Everyone re-registered: the membership is whole and healthy again.
+    for n in &nodes {
+        wait_for_members(n, &all, Duration::from_secs(5)).await;
+    }
+    let view = cluster_json(&nodes[1]).await;
+    assert_eq!(view["provider"]["healthy"], true, "{view}");
+    assert!(
+        view["provider"]["errors"].as_u64().unwrap_or(0) > 0,
+        "{view}"
+    );
+    stop_all(nodes).await;
+    assert_all_arrived_whole(&assert_once_with_one_decision(&backend), &sent);
 }
 
 /// Keeps sending spread traces (keep-all rules) to `targets` for `rounds`, returning the span

@@ -227,6 +227,19 @@ impl MembershipHandle {
         }
     }
 
+    /// Waits until the provider has read membership once (or has failed to, `false` after
+    /// `limit`), so a starting node does not own every trace while it knows no one.
+    pub async fn wait_first_read(&self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.status.last_ok_unix_ms.load(Relaxed) == 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     /// Wakes on every change of the member set.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()

@@ -5,6 +5,8 @@
 //! - [`process`]: runs the real `tailsift` binary on ephemeral loopback ports and parses the
 //!   addresses it bound from its stderr.
 //! - [`client`]: sends OTLP to the proxy over gRPC and HTTP (protobuf or JSON, optional gzip).
+//! - [`dns`], [`redis`]: a loopback DNS server whose answers the test sets, and a real
+//!   redis-server on a free port, for the membership providers.
 //! - [`traces`]: deterministic trace builders and helpers to split traces over requests.
 //! - [`interop`]: runs the Python SDK driver and checks SDK spans arrived intact; the Rust SDK
 //!   driver is `rust_sdk.rs`, included only by the tests that need it.
@@ -17,8 +19,10 @@
 pub mod backend;
 pub mod client;
 pub mod cluster;
+pub mod dns;
 pub mod interop;
 pub mod process;
+pub mod redis;
 pub mod traces;
 
 pub use backend::{
