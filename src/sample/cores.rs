@@ -14,6 +14,15 @@
 //! capped at `c`, and `k` is found by bisection so that Σ g = the interval's goal. Its rate is
 //! `c / g(c)`. Rare keys keep everything; every key seen at least once per interval keeps at
 //! least one trace per interval on average; frequent keys are sampled hardest.
+//!
+//! **Cold start.** A throughput sampler (`ema_throughput`, `tenant_fair`) with no history yet
+//! must not keep everything until its first adjustment (15 s by default): every start, deploy
+//! or scale-out under a flood would send that much unsampled traffic. Until its first
+//! adjustment it estimates demand every [`COLD_STEP`] from what it counted so far and sets
+//! provisional rates for its goal; in the first step, before any estimate, the n-th trace gets
+//! rate max(1, (n/A)²) with A = half the step's budget, which keeps about one step's budget in
+//! expectation however large the flood. Each kept trace's `SampleRate` is its own rate, so
+//! counts stay unbiased.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -44,6 +53,15 @@ impl Rate {
             Rate(r)
         } else {
             Rate::ONE
+        }
+    }
+
+    /// The harder of two rates.
+    pub fn max(self, other: Rate) -> Rate {
+        if other.0 > self.0 {
+            other
+        } else {
+            self
         }
     }
 
@@ -86,6 +104,34 @@ fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// How often a cold throughput sampler re-estimates demand before its first adjustment.
+pub const COLD_STEP: Duration = Duration::from_millis(250);
+
+/// What a throughput sampler tracks before its first adjustment.
+#[derive(Clone, Debug, Default)]
+struct ColdStart {
+    /// Traces counted while cold.
+    seen: u64,
+    /// Provisional estimates made.
+    steps: u32,
+    /// The overall rate of the last estimate, given to keys first seen after it.
+    uniform: Option<Rate>,
+}
+
+impl ColdStart {
+    /// The rate of the n-th trace of the first step, for a step budget of `step_budget`.
+    fn first_step_rate(&self, step_budget: f64) -> Rate {
+        let a = (step_budget / 2.0).max(1.0);
+        let x = self.seen as f64 / a;
+        Rate::new(x * x)
+    }
+
+    /// Whether the estimate due at `elapsed` into the cold interval is still to be made.
+    fn step_due(&self, elapsed: Duration, step: Duration) -> bool {
+        elapsed >= step * (self.steps + 1)
+    }
 }
 
 /// An EMA below this (traces per interval) with no new traffic is forgotten.
@@ -192,6 +238,8 @@ pub struct EmaSampler {
     warm: bool,
     /// Adjustments made, so a driver can tell when to publish a snapshot.
     adjustments: u64,
+    /// Budget control until the first adjustment.
+    cold: ColdStart,
 }
 
 impl EmaSampler {
@@ -215,12 +263,57 @@ impl EmaSampler {
             started: None,
             warm: false,
             adjustments: 0,
+            cold: ColdStart::default(),
         }
     }
 
     /// Adjustments made so far.
     pub fn adjustments(&self) -> u64 {
         self.adjustments
+    }
+
+    /// True while a finite per-second goal has no history to spend it by.
+    fn cold_capped(&self) -> bool {
+        !self.warm && matches!(self.goal, Goal::PerSecond(g) if g.is_finite())
+    }
+
+    /// The cold re-estimation step: [`COLD_STEP`], or the interval when that is shorter.
+    fn cold_step(&self) -> Duration {
+        COLD_STEP.min(self.settings.interval)
+    }
+
+    /// Traces counted in the current interval over all keys.
+    fn pending(&self) -> u64 {
+        self.keys.values().map(|s| s.count).sum::<u64>() + self.overflow.count
+    }
+
+    /// Provisional rates before the first adjustment, from the counts of the `elapsed` part of
+    /// the interval scaled to a whole one; counts and averages are left alone.
+    fn provisional(&mut self, elapsed: Duration) {
+        let scale = self.settings.interval.as_secs_f64() / elapsed.as_secs_f64().max(1e-3);
+        let estimates: Vec<f64> = self
+            .keys
+            .values()
+            .chain(std::iter::once(&self.overflow))
+            .map(|s| s.count as f64 * scale)
+            .collect();
+        let total: f64 = estimates.iter().sum();
+        let goal = self.goal_per_interval(total);
+        let k = solve_log_allocation(&estimates, goal);
+        for (s, c) in self
+            .keys
+            .values_mut()
+            .chain(std::iter::once(&mut self.overflow))
+            .zip(estimates)
+        {
+            s.rate = rate_for(c, k);
+        }
+        self.cold.uniform = Some(if goal > 0.0 {
+            Rate::new(total / goal)
+        } else {
+            Rate::ONE
+        });
+        self.cold.steps += 1;
     }
 
     /// The goal.
@@ -237,12 +330,28 @@ impl EmaSampler {
     pub fn rate(&mut self, key: &Key<'_>, now: Instant) -> Rate {
         match self.started {
             None => self.started = Some(now),
-            Some(s) if now.saturating_duration_since(s) >= self.settings.interval => {
-                self.adjust(now)
+            Some(s) => {
+                let elapsed = now.saturating_duration_since(s);
+                if elapsed >= self.settings.interval {
+                    self.adjust(now)
+                } else if self.cold_capped() && self.cold.step_due(elapsed, self.cold_step()) {
+                    self.provisional(elapsed)
+                }
             }
-            Some(_) => {}
         }
-        self.count(key.fields)
+        let rate = self.count(key.fields);
+        if !self.cold_capped() {
+            return rate;
+        }
+        self.cold.seen += 1;
+        if self.cold.steps > 0 {
+            return rate;
+        }
+        let step_budget = match self.goal {
+            Goal::PerSecond(g) => g * self.cold_step().as_secs_f64(),
+            Goal::SampleRate(_) => f64::INFINITY,
+        };
+        rate.max(self.cold.first_step_rate(step_budget))
     }
 
     /// Counts a trace of `fields` and returns its key's current rate (no clock involved).
@@ -266,11 +375,13 @@ impl EmaSampler {
         state.rate
     }
 
-    /// The rate of a key not seen before: 1 once warm (rare keys are kept), the goal's rate
-    /// before the first adjustment for a sample-rate goal (nothing known yet).
+    /// The rate of a key not seen before: 1 once warm (rare keys are kept); before the first
+    /// adjustment, the goal's rate for a sample-rate goal and the last provisional overall
+    /// rate for a throughput goal (nothing known about the key yet).
     fn cold_rate(&self) -> Rate {
         match (self.warm, self.goal) {
             (false, Goal::SampleRate(r)) => Rate::new(r),
+            (false, Goal::PerSecond(_)) => self.cold.uniform.unwrap_or(Rate::ONE),
             _ => Rate::ONE,
         }
     }
@@ -474,6 +585,8 @@ pub struct TenantFair {
     started: Option<Instant>,
     warm: bool,
     adjustments: u64,
+    /// Budget control until the first adjustment.
+    cold: ColdStart,
 }
 
 impl TenantFair {
@@ -488,12 +601,56 @@ impl TenantFair {
             started: None,
             warm: false,
             adjustments: 0,
+            cold: ColdStart::default(),
         }
     }
 
     /// Adjustments made so far.
     pub fn adjustments(&self) -> u64 {
         self.adjustments
+    }
+
+    /// True while a finite budget has no history to spend it by.
+    fn cold_capped(&self) -> bool {
+        !self.warm && self.settings.budget_per_sec.is_finite()
+    }
+
+    fn cold_step(&self) -> Duration {
+        COLD_STEP.min(self.settings.ema.interval)
+    }
+
+    /// Provisional shares and rates before the first adjustment, from each tenant's demand
+    /// over the `elapsed` part of the interval.
+    fn provisional(&mut self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64().max(1e-3);
+        let demands: Vec<(f64, f64)> = self
+            .tenants
+            .values()
+            .chain(std::iter::once(&self.overflow))
+            .map(|t| (t.inner.pending() as f64 / secs, t.weight))
+            .collect();
+        let total: f64 = demands.iter().map(|d| d.0).sum();
+        let shares = max_min_shares(
+            &demands,
+            self.settings.budget_per_sec,
+            self.settings.min_per_tenant,
+        );
+        for (t, share) in self
+            .tenants
+            .values_mut()
+            .chain(std::iter::once(&mut self.overflow))
+            .zip(shares)
+        {
+            t.inner.set_goal(Goal::PerSecond(share));
+            t.inner.provisional(elapsed);
+        }
+        let budget = self.settings.budget_per_sec;
+        self.cold.uniform = Some(if budget > 0.0 {
+            Rate::new(total / budget)
+        } else {
+            Rate::ONE
+        });
+        self.cold.steps += 1;
     }
 
     fn tenant(settings: &FairSettings, tenant: &str) -> TenantState {
@@ -520,11 +677,29 @@ impl TenantFair {
     pub fn rate(&mut self, key: &Key<'_>, now: Instant) -> Rate {
         match self.started {
             None => self.started = Some(now),
-            Some(s) if now.saturating_duration_since(s) >= self.settings.ema.interval => {
-                self.adjust(now)
+            Some(s) => {
+                let elapsed = now.saturating_duration_since(s);
+                if elapsed >= self.settings.ema.interval {
+                    self.adjust(now)
+                } else if self.cold_capped() && self.cold.step_due(elapsed, self.cold_step()) {
+                    self.provisional(elapsed)
+                }
             }
-            Some(_) => {}
         }
+        let rate = self.count(key);
+        if !self.cold_capped() {
+            return rate;
+        }
+        self.cold.seen += 1;
+        if self.cold.steps > 0 {
+            return rate;
+        }
+        let step_budget = self.settings.budget_per_sec * self.cold_step().as_secs_f64();
+        rate.max(self.cold.first_step_rate(step_budget))
+    }
+
+    /// Counts a trace under its tenant (and within-tenant key) and returns that key's rate.
+    fn count(&mut self, key: &Key<'_>) -> Rate {
         let fields = if self.settings.within.is_some() {
             key.fields
         } else {
@@ -533,8 +708,11 @@ impl TenantFair {
         if let Some(state) = self.tenants.get_mut(key.tenant) {
             return state.inner.count(fields);
         }
+        let cold_uniform = if self.warm { None } else { self.cold.uniform };
         let state = if self.tenants.len() < self.settings.ema.max_keys {
-            let t = Self::tenant(&self.settings, key.tenant);
+            let mut t = Self::tenant(&self.settings, key.tenant);
+            // A tenant first seen after an estimate starts at the overall provisional rate.
+            t.inner.cold.uniform = cold_uniform;
             self.tenants.entry(key.tenant.into()).or_insert(t)
         } else {
             self.overflow_traces += 1;

@@ -488,3 +488,69 @@ fn idle_keys_age_out_and_rare_keys_keep_everything() {
     s.adjust(t0 + Duration::from_secs(61));
     assert_eq!(s.current_rate("rare"), None);
 }
+
+/// A 600 traces/s flood of `tenants` tenants (and a few keys) from a cold start, through
+/// `rate`; returns the kept traces in each of the first 12 seconds and the sum of the kept
+/// traces' `SampleRate`s.
+fn cold_flood(mut rate: impl FnMut(&Key<'_>, Instant) -> Rate, tenants: usize) -> (Vec<u64>, f64) {
+    let t0 = Instant::now();
+    let mut rng = Rng(0xC01D);
+    let tenant_names = names("tenant-", tenants);
+    let keys = names("/route/", 5);
+    let mut per_second = vec![0u64; 12];
+    let mut weighted = 0.0;
+    for i in 0..600 * 12u64 {
+        let now = t0 + Duration::from_micros(i * 1_000_000 / 600);
+        let id = rng.trace_id();
+        let tenant = &tenant_names[(rng.next() % tenants as u64) as usize];
+        let fields = &keys[(rng.next() % 5) as usize];
+        let d = decide(rate(&Key { tenant, fields }, now), &id, 0);
+        if d.keep {
+            per_second[(i / 600) as usize] += 1;
+            weighted += d.sample_rate as f64;
+        }
+    }
+    (per_second, weighted)
+}
+
+fn assert_within_budget_from_the_first_second(per_second: &[u64], weighted: f64, budget: f64) {
+    eprintln!("kept per second {per_second:?}, SampleRates sum {weighted}");
+    // Poisson noise around 30/s is ±5.5 (1 sd); 1.5× the budget is ~3 sd above it.
+    for (s, kept) in per_second.iter().enumerate() {
+        assert!(
+            (*kept as f64) <= budget * 1.5,
+            "second {s} kept {kept} > 1.5 × {budget}: {per_second:?}"
+        );
+    }
+    let total: u64 = per_second.iter().sum();
+    assert!(
+        (total as f64) <= budget * 12.0 * 1.15,
+        "12 s kept {total} for a budget of {}: {per_second:?}",
+        budget * 12.0
+    );
+    // The kept traces still stand for everything that was sent (7,200 traces).
+    assert!(
+        (weighted - 7_200.0).abs() < 7_200.0 * 0.25,
+        "SampleRates add up to {weighted}, 7,200 were sent"
+    );
+}
+
+#[test]
+fn a_cold_ema_throughput_sampler_keeps_its_budget_from_the_first_second_of_a_flood() {
+    let mut s = EmaSampler::new(Goal::PerSecond(30.0), ema(15, 100));
+    let (per_second, weighted) = cold_flood(|k, now| s.rate(k, now), 1);
+    assert_within_budget_from_the_first_second(&per_second, weighted, 30.0);
+}
+
+#[test]
+fn a_cold_tenant_fair_sampler_keeps_its_budget_from_the_first_second_of_a_flood() {
+    let mut s = TenantFair::new(FairSettings {
+        budget_per_sec: 30.0,
+        min_per_tenant: 1.0,
+        weights: HashMap::new(),
+        ema: ema(15, 100),
+        within: Some(ema(15, 100)),
+    });
+    let (per_second, weighted) = cold_flood(|k, now| s.rate(k, now), 4);
+    assert_within_budget_from_the_first_second(&per_second, weighted, 30.0);
+}
