@@ -135,21 +135,31 @@ struct WorkerResult {
 
 async fn connect(args: &GenArgs) -> Result<Vec<Client>> {
     let mut clients = Vec::with_capacity(args.concurrency);
+    let targets: Vec<&str> = args
+        .target
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect();
+    if targets.is_empty() {
+        bail!("--target names no address");
+    }
     if args.http {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = HttpClient::builder(TokioExecutor::new())
             .pool_max_idle_per_host(args.concurrency)
             .build(connector);
-        let url = format!("http://{}/v1/traces", args.target);
-        for _ in 0..args.concurrency {
-            clients.push(Client::Http(client.clone(), url.clone()));
+        for i in 0..args.concurrency {
+            let url = format!("http://{}/v1/traces", targets[i % targets.len()]);
+            clients.push(Client::Http(client.clone(), url));
         }
         return Ok(clients);
     }
-    let uri = format!("http://{}", args.target);
-    for _ in 0..args.concurrency {
-        // One connection per worker, like independent SDKs.
+    for i in 0..args.concurrency {
+        // One connection per worker, like independent SDKs; with several targets (a cluster
+        // behind an L4 balancer) worker i talks to target i mod n.
+        let uri = format!("http://{}", targets[i % targets.len()]);
         let channel = Endpoint::from_shared(uri.clone())?
             .tcp_nodelay(true)
             .timeout(args.timeout)

@@ -43,7 +43,8 @@ enum Command {
     },
     /// Generate the workload against an OTLP endpoint and write a JSON summary.
     Gen {
-        /// host:port of the OTLP/gRPC (or, with --http, OTLP/HTTP) receiver.
+        /// host:port of the OTLP/gRPC (or, with --http, OTLP/HTTP) receiver; several,
+        /// comma-separated, spread the connections over them (a cluster behind a balancer).
         #[arg(long)]
         target: String,
         /// Offered load; 0 = as fast as the target acknowledges.
