@@ -4,6 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cluster::peer::PeerClient;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -129,6 +132,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let export_queue_max_bytes = intake.max_bytes();
     let intake: Arc<dyn KeptSink> = Arc::new(intake);
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Shutdown begins here; in a cluster the node leaves before `stop` reaches the stages.
+    let (begin_tx, mut begin_rx) = watch::channel(false);
     let mut shard_senders = Vec::with_capacity(shard_count);
     let mut shards = Vec::with_capacity(shard_count);
     let samplers = SamplerBoard::new(shard_count);
@@ -272,9 +277,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let mut stop = stop_rx.clone();
         let mut cluster = cluster;
         tokio::spawn(async move {
-            let _ = stop.wait_for(|s| *s).await;
+            tokio::select! {
+                _ = begin_rx.wait_for(|s| *s) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            let began = tokio::time::Instant::now();
             ready.store(false, Relaxed);
             receiver.stop_accepting();
+            if let Some(c) = &cluster {
+                // Leave first, with at most 60% of the shutdown budget.
+                leave_cluster(c, &stats, deadline.mul_f64(0.6)).await;
+            }
+            let _ = stop_tx.send(true);
+            let deadline = deadline.saturating_sub(began.elapsed());
             let drain = async {
                 let _ = grpc.await;
                 let _ = http.await;
@@ -341,7 +356,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tags,
         shadow_stats,
         _watcher: watcher,
-        stop: stop_tx,
+        stop: begin_tx,
         done,
     })
 }
@@ -356,6 +371,7 @@ struct ClusterParts {
     watcher: JoinHandle<()>,
     provider: Option<JoinHandle<()>>,
     reread_peers: Option<Arc<dyn Fn() + Send + Sync>>,
+    membership: Arc<MembershipHandle>,
 }
 
 /// Builds membership, the clustered router, the peer listener and the membership watcher.
@@ -428,6 +444,10 @@ async fn start_cluster(
         intake.clone(),
         config.receive.max_request_bytes.bytes(),
         info.clone(),
+        {
+            let membership = membership.clone();
+            Arc::new(move |addr: &str, leaving: bool| membership.announce(addr, leaving))
+        },
     );
     let peer_listener = bind(cc.peer_listen, "cluster.peer_listen").await?;
     let peer_addr = peer_listener.local_addr()?;
@@ -457,6 +477,12 @@ async fn start_cluster(
             "no membership read within {FIRST_MEMBERSHIP_WAIT:?}; starting alone and joining the others when the provider answers"
         );
     }
+    // Back in service: peers that saw this node leave (SIGTERM) route to it again.
+    announce_to_peers(
+        &membership,
+        false,
+        cc.forward_timeout.0.min(Duration::from_secs(2)),
+    );
     let reread_peers: Option<Arc<dyn Fn() + Send + Sync>> = match (&cc.membership, &config.source) {
         (MembershipKind::Static, Some(path)) => {
             let path = path.clone();
@@ -512,7 +538,7 @@ async fn start_cluster(
     };
     let status = Arc::new(ClusterStatus {
         kind: cc.membership,
-        membership,
+        membership: membership.clone(),
         queues: {
             let router = router.clone();
             Arc::new(move || router.peer_queues())
@@ -529,7 +555,107 @@ async fn start_cluster(
         watcher,
         provider,
         reread_peers,
+        membership,
     })
+}
+
+/// Tells every other member, concurrently and best effort, that this node is leaving (or back
+/// in service); returns once all have answered or failed.
+fn announce_to_peers(
+    membership: &Arc<MembershipHandle>,
+    leaving: bool,
+    timeout: Duration,
+) -> JoinHandle<()> {
+    let me = membership.me().to_string();
+    let others: Vec<String> = membership
+        .provided()
+        .into_iter()
+        .filter(|a| *a != me)
+        .collect();
+    tokio::spawn(async move {
+        let mut calls = tokio::task::JoinSet::new();
+        for addr in others {
+            let me = me.clone();
+            calls.spawn(async move {
+                let result = match PeerClient::new(&addr, timeout) {
+                    Ok(client) => client
+                        .announce(&me, leaving)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                (addr, result)
+            });
+        }
+        while let Some(done) = calls.join_next().await {
+            if let Ok((peer, Err(error))) = done {
+                tracing::debug!(peer, error, leaving, "could not announce to a peer");
+            }
+        }
+    })
+}
+
+/// Graceful leave (SIGTERM on a member of a cluster with others): tells the others, stops
+/// owning anything, and hands every buffered trace and remembered decision to its new owner,
+/// until nothing is held or queued for a peer or `limit` passes. The last member of a cluster
+/// does nothing here: it decides what it holds at shutdown, as a single node does.
+async fn leave_cluster(c: &ClusterParts, stats: &Stats, limit: Duration) {
+    let started = tokio::time::Instant::now();
+    let me = c.membership.me().to_string();
+    // Everyone hears it, even when this node thinks it is the last one left: a peer that is
+    // leaving at the same moment must not wait for this node.
+    let announced = announce_to_peers(&c.membership, true, Duration::from_secs(1));
+    let others = c
+        .membership
+        .current()
+        .addrs()
+        .iter()
+        .filter(|a| **a != me)
+        .count();
+    if others == 0 {
+        let _ = tokio::time::timeout(Duration::from_secs(2), announced).await;
+        tracing::info!("last member of the cluster: deciding buffered traces here");
+        return;
+    }
+    tracing::info!(
+        peers = others,
+        "leaving the cluster: handing buffered traces and decisions to the other members"
+    );
+    c.membership.leave();
+    let _ = tokio::time::timeout(Duration::from_secs(2), announced).await;
+    let mut rounds = 0u32;
+    loop {
+        c.router.rebalance().await;
+        rounds += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let buffered = stats.buffered_spans.load(Relaxed);
+        let queued: u64 = c.router.peer_queues().iter().map(|q| q.bytes()).sum();
+        if c.membership.current().addrs().is_empty() && queued == 0 {
+            // Every other member announced its leave too (the whole cluster is stopping):
+            // nobody is left to hand to.
+            tracing::info!(
+                buffered,
+                "every other member is leaving too; deciding the rest here"
+            );
+            return;
+        }
+        if buffered <= 0 && queued == 0 {
+            tracing::info!(
+                rounds,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "everything this node held is with its new owners"
+            );
+            return;
+        }
+        if started.elapsed() >= limit {
+            tracing::warn!(
+                buffered,
+                queued_bytes = queued,
+                "leave took longer than its share of shutdown.timeout; deciding the rest here"
+            );
+            return;
+        }
+    }
 }
 
 /// How often a node checks whether spans a peer forwarded belong elsewhere (views disagreed

@@ -20,7 +20,7 @@ use bytes::BytesMut;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::buffer::{Departing, ShardMsg};
+use crate::buffer::{Departing, HandedDecision, ShardMsg};
 use crate::cluster::forward::{
     self, accounted, Item, Owners, PeerQueue, Reservation, SenderSettings,
 };
@@ -369,6 +369,7 @@ impl Router {
         let owned_elsewhere: Arc<dyn Fn(&TraceId) -> bool + Send + Sync> =
             Arc::new(move |id| !view.is_local(id));
         let mut departing: Vec<Departing> = Vec::new();
+        let mut decisions: Vec<HandedDecision> = Vec::new();
         for shard in &self.inner.shards {
             let (reply, answer) = oneshot::channel();
             let msg = ShardMsg::Rebalance {
@@ -378,14 +379,19 @@ impl Router {
             if shard.send(msg).await.is_err() {
                 continue;
             }
-            if let Ok(d) = answer.await {
-                departing.extend(d);
+            if let Ok(r) = answer.await {
+                departing.extend(r.traces);
+                decisions.extend(r.decisions);
             }
         }
         let n = departing.len();
-        if n > 0 {
-            tracing::info!(traces = n, "handing buffered traces to their new owners");
-            let items = departing
+        if n > 0 || !decisions.is_empty() {
+            tracing::info!(
+                traces = n,
+                decisions = decisions.len(),
+                "handing buffered traces and remembered decisions to their new owners"
+            );
+            let mut items: Vec<Item> = departing
                 .into_iter()
                 .map(|d| Item::HandOff {
                     spans: d.spans,
@@ -393,9 +399,33 @@ impl Router {
                     root_seen: d.root_seen,
                 })
                 .collect();
+            if !decisions.is_empty() {
+                items.push(Item::Decisions(decisions));
+            }
             self.place(items, &members, true).await;
         }
         n
+    }
+
+    /// Remembers decisions a peer handed over, on the shards of their traces.
+    pub async fn remember(&self, decisions: Vec<HandedDecision>) -> Result<(), RouteError> {
+        let n = self.inner.shards.len();
+        let mut parts: Vec<Vec<HandedDecision>> = (0..n).map(|_| Vec::new()).collect();
+        for d in decisions {
+            parts[self.shard_of(&d.trace_id)].push(d);
+        }
+        for (i, part) in parts.into_iter().enumerate() {
+            if part.is_empty() {
+                continue;
+            }
+            let permit =
+                tokio::time::timeout(self.inner.queue_timeout, self.inner.shards[i].reserve())
+                    .await
+                    .map_err(|_| RouteError::Full)?
+                    .map_err(|_| RouteError::Closed)?;
+            permit.send(ShardMsg::Remember(part));
+        }
+        Ok(())
     }
 
     /// Puts acknowledged items where their owner is now, never refusing (local shards are
@@ -406,6 +436,33 @@ impl Router {
         };
         for item in items {
             match item {
+                Item::Decisions(decisions) => {
+                    let mut local = Vec::new();
+                    let mut remote: HashMap<usize, Vec<HandedDecision>> = HashMap::new();
+                    for d in decisions {
+                        match members.owner(&d.trace_id) {
+                            Some(i) if Some(i) != members.self_index() => {
+                                remote.entry(i).or_default().push(d)
+                            }
+                            _ => local.push(d),
+                        }
+                    }
+                    for (i, part) in remote {
+                        let queue = self.queue_for(cluster, &members.addrs()[i]);
+                        if count_handoff {
+                            queue
+                                .counters
+                                .handoff_decisions
+                                .fetch_add(part.len() as u64, Relaxed);
+                        }
+                        queue.push_forced(Item::Decisions(part));
+                    }
+                    if !local.is_empty() {
+                        // Waits for room; fails only when the shards have closed (shutdown),
+                        // and then the decisions have no late spans left to steer.
+                        let _ = self.remember_waiting(local).await;
+                    }
+                }
                 Item::Spans(spans) => {
                     let (local, remote) = split_by_owner(members, spans);
                     for (i, part) in remote {
@@ -452,6 +509,23 @@ impl Router {
                 }
             }
         }
+    }
+
+    async fn remember_waiting(&self, decisions: Vec<HandedDecision>) -> Result<(), RouteError> {
+        let n = self.inner.shards.len();
+        let mut parts: Vec<Vec<HandedDecision>> = (0..n).map(|_| Vec::new()).collect();
+        for d in decisions {
+            parts[self.shard_of(&d.trace_id)].push(d);
+        }
+        for (i, part) in parts.into_iter().enumerate() {
+            if !part.is_empty() {
+                self.inner.shards[i]
+                    .send(ShardMsg::Remember(part))
+                    .await
+                    .map_err(|_| RouteError::Closed)?;
+            }
+        }
+        Ok(())
     }
 
     async fn send_local_waiting(&self, spans: Vec<SpanRecord>) {

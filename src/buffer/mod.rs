@@ -21,7 +21,7 @@ use crate::stats::Stats;
 use crate::tags::{unix_ms, TagTable};
 use table::{Occupancy, Ready, Table};
 
-pub use table::Departing;
+pub use table::{Departing, HandedDecision};
 
 pub use table::Limits;
 
@@ -63,14 +63,25 @@ pub enum ShardMsg {
         /// The root span has arrived.
         root_seen: bool,
     },
-    /// Membership changed: hand back every buffered trace `owned_elsewhere` says this node no
-    /// longer owns.
+    /// Membership changed: hand back every buffered trace and remembered decision
+    /// `owned_elsewhere` says this node no longer owns.
     Rebalance {
         /// True for trace ids another member owns now.
         owned_elsewhere: Arc<dyn Fn(&TraceId) -> bool + Send + Sync>,
-        /// Where the departing traces go.
-        reply: oneshot::Sender<Vec<Departing>>,
+        /// Where the departing traces and decisions go.
+        reply: oneshot::Sender<Rebalanced>,
     },
+    /// Decisions handed over by the previous owner of their traces (cluster).
+    Remember(Vec<HandedDecision>),
+}
+
+/// What one shard gives up when the membership changes.
+#[derive(Debug, Default)]
+pub struct Rebalanced {
+    /// Buffered traces, with their timers.
+    pub traces: Vec<Departing>,
+    /// Remembered decisions.
+    pub decisions: Vec<HandedDecision>,
 }
 
 /// How often a shard merges its local per-tenant tally into the shared table.
@@ -175,13 +186,20 @@ pub async fn run_shard(
                     table.adopt(spans, first_seen, root_seen, Instant::now(), &mut ready, &mut |_| {});
                 }
                 Some(ShardMsg::Rebalance { owned_elsewhere, reply }) => {
-                    let departing = table.take_where(&*owned_elsewhere);
-                    if let Err(departing) = reply.send(departing) {
-                        // Nobody waits for them (shutdown): decide them here instead.
-                        for d in departing {
+                    let leaving = Rebalanced {
+                        traces: table.take_where(&*owned_elsewhere),
+                        decisions: table.take_decisions_where(&*owned_elsewhere),
+                    };
+                    if let Err(back) = reply.send(leaving) {
+                        // Nobody waits for them (shutdown): keep them here instead.
+                        for d in back.traces {
                             table.adopt(d.spans, d.first_seen, d.root_seen, Instant::now(), &mut ready, &mut |_| {});
                         }
+                        table.accept_decisions(back.decisions, &mut ready);
                     }
+                }
+                Some(ShardMsg::Remember(handed)) => {
+                    table.accept_decisions(handed, &mut ready);
                 }
                 // Intake closed (shutdown): this last turn decides everything still held.
                 None => {

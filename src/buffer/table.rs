@@ -78,6 +78,20 @@ pub struct Departing {
     pub root_seen: bool,
 }
 
+/// A remembered decision leaving this shard for the trace's new owner, so late spans that
+/// reach the new owner follow it instead of starting a second, partial trace.
+#[derive(Clone, Debug)]
+pub struct HandedDecision {
+    /// The decided trace.
+    pub trace_id: TraceId,
+    /// What was decided.
+    pub decision: Decision,
+    /// The trace's tenant.
+    pub tenant: TenantId,
+    /// Spans the decision covered.
+    pub spans: u64,
+}
+
 fn first_seen_timeout(first_seen: Instant, limits: &Limits) -> Instant {
     first_seen + limits.trace_timeout
 }
@@ -309,6 +323,56 @@ impl Table {
         // Timer and arrival entries of the departed traces are skipped lazily (their trace is
         // gone), exactly as for decided traces.
         out
+    }
+
+    /// Takes every remembered decision for which `owned_elsewhere` is true out of the cache,
+    /// for the trace's new owner.
+    pub fn take_decisions_where(
+        &mut self,
+        owned_elsewhere: &dyn Fn(&TraceId) -> bool,
+    ) -> Vec<HandedDecision> {
+        let ids: Vec<TraceId> = self
+            .decisions
+            .keys()
+            .filter(|id| owned_elsewhere(id))
+            .copied()
+            .collect();
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for trace_id in ids {
+            if let Some(r) = self.decisions.remove(&trace_id) {
+                out.push(HandedDecision {
+                    trace_id,
+                    decision: r.decision,
+                    tenant: r.tenant,
+                    spans: r.spans,
+                });
+            }
+        }
+        let decisions = &self.decisions;
+        self.decision_order.retain(|id| decisions.contains_key(id));
+        out
+    }
+
+    /// Remembers decisions handed over by the traces' previous owner. Spans of such a trace
+    /// already buffered here (late spans that came before the decision did) follow it now.
+    pub fn accept_decisions(&mut self, handed: Vec<HandedDecision>, out: &mut Vec<Ready>) {
+        for h in handed {
+            if let Some(entry) = self.traces.remove(&h.trace_id) {
+                self.bytes -= entry.bytes;
+                self.spans -= entry.spans.len();
+                out.push(Ready::Late {
+                    tenant: entry.tenant,
+                    decision: h.decision.clone(),
+                    spans: entry.spans,
+                });
+            }
+            if !self.decisions.contains_key(&h.trace_id) {
+                self.remember(h.trace_id, h.decision, h.tenant, h.spans);
+            }
+        }
     }
 
     /// Adds spans of a trace handed over by its previous owner: the trace keeps the deadline

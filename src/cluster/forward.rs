@@ -15,7 +15,8 @@ use prost::Message;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use super::peer::{push_groups, ForwardError, ForwardRequest, HandOff, PeerClient};
+use super::peer::{push_groups, DecisionRecord, ForwardError, ForwardRequest, HandOff, PeerClient};
+use crate::buffer::HandedDecision;
 use crate::model::SpanRecord;
 use crate::stats::Stats;
 
@@ -33,19 +34,37 @@ pub enum Item {
         /// The root span has arrived.
         root_seen: bool,
     },
+    /// Remembered decisions handed over after a membership change.
+    Decisions(Vec<HandedDecision>),
 }
 
+/// Bytes one handed-over decision counts against a forward queue (its id, rule, tenant and
+/// numbers, rounded up).
+pub const DECISION_BYTES: usize = 96;
+
 impl Item {
-    /// The spans of the item.
+    /// The spans of the item (none for decisions).
     pub fn spans(&self) -> &[SpanRecord] {
         match self {
             Item::Spans(s) | Item::HandOff { spans: s, .. } => s,
+            Item::Decisions(_) => &[],
         }
     }
 
     /// Bytes the item counts against its queue and the memory budget.
     pub fn accounted_bytes(&self) -> usize {
-        accounted(self.spans())
+        match self {
+            Item::Decisions(d) => d.len() * DECISION_BYTES,
+            _ => accounted(self.spans()),
+        }
+    }
+
+    /// How much of a batch the item fills: its spans, or for decisions one per 16.
+    fn weight(&self) -> usize {
+        match self {
+            Item::Decisions(d) => d.len().div_ceil(16),
+            _ => self.spans().len(),
+        }
     }
 }
 
@@ -69,6 +88,8 @@ pub struct PeerCounters {
     pub rerouted_spans: AtomicU64,
     /// Buffered traces handed to this peer after membership changes.
     pub handoff_traces: AtomicU64,
+    /// Remembered decisions handed to this peer after membership changes.
+    pub handoff_decisions: AtomicU64,
     /// Spans queued now.
     pub queued_spans: AtomicI64,
 }
@@ -82,6 +103,8 @@ pub struct PeerIntakeCounters {
     pub batches_received: AtomicU64,
     /// Traces handed over to this node.
     pub handoff_traces: AtomicU64,
+    /// Remembered decisions handed over to this node.
+    pub handoff_decisions: AtomicU64,
     /// Retried batches recognised and not held twice.
     pub duplicate_batches: AtomicU64,
     /// Batches refused because this node's buffer was full (the peer retries).
@@ -221,19 +244,21 @@ impl PeerQueue {
     fn take(&self, max_spans: usize) -> Vec<(Item, usize)> {
         let mut out = Vec::new();
         let mut spans = 0;
+        let mut real = 0;
         if let Ok(mut items) = self.items.lock() {
             while let Some((item, _)) = items.front() {
-                let n = item.spans().len();
+                let n = item.weight();
                 if !out.is_empty() && spans + n > max_spans {
                     break;
                 }
                 spans += n;
                 if let Some(entry) = items.pop_front() {
+                    real += entry.0.spans().len();
                     out.push(entry);
                 }
             }
         }
-        self.counters.queued_spans.fetch_sub(spans as i64, Relaxed);
+        self.counters.queued_spans.fetch_sub(real as i64, Relaxed);
         out
     }
 
@@ -368,9 +393,11 @@ async fn hand_back(queue: &PeerQueue, batch: Vec<(Item, usize)>, owners: &dyn Ow
 /// Encodes a batch as one `ForwardRequest`.
 pub fn encode(me: &str, batch_id: u64, batch: &[(Item, usize)]) -> Bytes {
     let mut groups = Vec::new();
+    let mut decisions = Vec::new();
     let now = Instant::now();
     for (item, _) in batch {
         match item {
+            Item::Decisions(d) => decisions.extend(d.iter().map(DecisionRecord::from_handed)),
             Item::Spans(spans) => push_groups(&mut groups, spans, None),
             Item::HandOff {
                 spans,
@@ -391,6 +418,7 @@ pub fn encode(me: &str, batch_id: u64, batch: &[(Item, usize)]) -> Bytes {
             sender: me.to_string(),
             batch_id,
             groups,
+            decisions,
         }
         .encode_to_vec(),
     )

@@ -146,19 +146,86 @@ pub struct MembershipHandle {
     current: ArcSwap<Members>,
     status: ProviderStatus,
     changed: watch::Sender<u64>,
+    /// What the provider last listed, before announcements are applied.
+    provided: Mutex<Vec<String>>,
+    /// Members that announced they are leaving; left out until they announce they are back
+    /// (or the provider stops listing them).
+    departed: Mutex<std::collections::BTreeSet<String>>,
+    /// This node is leaving: it lists itself no more, whatever the provider says.
+    leaving: AtomicBool,
 }
 
 impl MembershipHandle {
     /// A handle for the node advertised as `me`, starting with `initial` members.
     pub fn new(me: &str, initial: Vec<String>) -> Arc<MembershipHandle> {
-        let members = Members::new(initial, me, 0);
+        let members = Members::new(initial.clone(), me, 0);
         let (changed, _) = watch::channel(0);
         Arc::new(MembershipHandle {
             me: me.to_string(),
             current: ArcSwap::from_pointee(members),
             status: ProviderStatus::default(),
             changed,
+            provided: Mutex::new(initial),
+            departed: Mutex::default(),
+            leaving: AtomicBool::new(false),
         })
+    }
+
+    /// A peer announced it is leaving (`true`) or back in service (`false`).
+    pub fn announce(&self, addr: &str, leaving: bool) {
+        if addr == self.me {
+            return;
+        }
+        if let Ok(mut d) = self.departed.lock() {
+            let changed = if leaving {
+                d.insert(addr.to_string())
+            } else {
+                d.remove(addr)
+            };
+            if !changed {
+                return;
+            }
+        }
+        tracing::info!(peer = addr, leaving, "peer announced a membership change");
+        self.apply();
+    }
+
+    /// This node is leaving: from now on it is not among its own members, so everything it
+    /// holds is owned elsewhere.
+    pub fn leave(&self) {
+        self.leaving.store(true, Relaxed);
+        self.apply();
+    }
+
+    /// True once [`MembershipHandle::leave`] was called.
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(Relaxed)
+    }
+
+    /// What the provider lists, announcements not applied (everyone an announcement must
+    /// reach, departed members included).
+    pub fn provided(&self) -> Vec<String> {
+        self.provided.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// Members that announced they are leaving and are still left out.
+    pub fn departed(&self) -> Vec<String> {
+        self.departed
+            .lock()
+            .map(|d| d.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Recomputes the members from what the provider listed and the announcements.
+    fn apply(&self) {
+        let provided = self.provided.lock().map(|p| p.clone()).unwrap_or_default();
+        let departed = self.departed.lock().map(|d| d.clone()).unwrap_or_default();
+        let leaving = self.leaving.load(Relaxed);
+        let effective: Vec<String> = provided
+            .into_iter()
+            .filter(|a| !departed.contains(a) && !(leaving && *a == self.me))
+            .collect();
+        self.store(effective);
     }
 
     /// This node's advertise address.
@@ -175,6 +242,19 @@ impl MembershipHandle {
     /// Marks the provider healthy.
     pub fn publish(&self, addrs: Vec<String>) {
         self.report_ok();
+        if let Ok(mut d) = self.departed.lock() {
+            // A departed member the provider no longer lists is forgotten: when it is listed
+            // again, it is a new arrival.
+            d.retain(|a| addrs.contains(a));
+        }
+        if let Ok(mut p) = self.provided.lock() {
+            p.clone_from(&addrs);
+        }
+        self.apply();
+    }
+
+    /// Stores an effective member set; an equal set changes nothing.
+    fn store(&self, addrs: Vec<String>) {
         let old = self.current.load();
         let mut sorted = addrs;
         sorted.sort();
@@ -325,6 +405,28 @@ mod tests {
             score(member_seed("10.1.2.3:4319"), id.hash64()),
             0x0e29_179a_7cce_58fe
         );
+    }
+
+    #[test]
+    fn a_peer_that_announced_its_leave_stays_out_until_it_announces_it_is_back() {
+        let h = MembershipHandle::new("a:1", vec![]);
+        h.publish(vec!["a:1".into(), "b:1".into(), "c:1".into()]);
+        h.announce("b:1", true);
+        assert_eq!(h.current().addrs(), ["a:1", "c:1"]);
+        // The static list (or DNS) still names it: it stays out.
+        h.publish(vec!["a:1".into(), "b:1".into(), "c:1".into()]);
+        assert_eq!(h.current().addrs(), ["a:1", "c:1"]);
+        h.announce("b:1", false);
+        assert_eq!(h.current().addrs(), ["a:1", "b:1", "c:1"]);
+        // Gone from the provider while departed: forgotten, so its return counts.
+        h.announce("c:1", true);
+        h.publish(vec!["a:1".into(), "b:1".into()]);
+        h.publish(vec!["a:1".into(), "b:1".into(), "c:1".into()]);
+        assert_eq!(h.current().addrs(), ["a:1", "b:1", "c:1"]);
+        // Leaving, this node owns nothing.
+        h.leave();
+        assert_eq!(h.current().addrs(), ["b:1", "c:1"]);
+        assert_eq!(h.current().self_index(), None);
     }
 
     #[test]

@@ -12,7 +12,8 @@ use prost::Message;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
-use crate::model::{Origin, SpanRecord, TenantId};
+use crate::buffer::HandedDecision;
+use crate::model::{Decision, Origin, SpanRecord, TenantId, TraceId};
 use crate::otlp::codec::RawCodec;
 use crate::otlp::ingest::{index_span, Fnv64, SpanLimits};
 
@@ -20,6 +21,8 @@ use crate::otlp::ingest::{index_span, Fnv64, SpanLimits};
 pub const FORWARD_PATH: &str = "/tailsift.peer.v1.Peer/Forward";
 /// gRPC path of `Peer/Info`.
 pub const INFO_PATH: &str = "/tailsift.peer.v1.Peer/Info";
+/// gRPC path of `Peer/Announce`.
+pub const ANNOUNCE_PATH: &str = "/tailsift.peer.v1.Peer/Announce";
 /// gRPC service name of the peer protocol.
 pub const SERVICE_NAME: &str = "tailsift.peer.v1.Peer";
 
@@ -35,6 +38,80 @@ pub struct ForwardRequest {
     /// Spans grouped by origin.
     #[prost(message, repeated, tag = "3")]
     pub groups: Vec<SpanGroup>,
+    /// Remembered decisions handed to the traces' new owner.
+    #[prost(message, repeated, tag = "4")]
+    pub decisions: Vec<DecisionRecord>,
+}
+
+/// `tailsift.peer.v1.DecisionRecord`: a decision the previous owner of a trace remembers, so
+/// late spans follow it at the new owner.
+#[derive(Clone, PartialEq, Message)]
+pub struct DecisionRecord {
+    /// The 16-byte trace id.
+    #[prost(bytes = "vec", tag = "1")]
+    pub trace_id: Vec<u8>,
+    /// Kept or dropped.
+    #[prost(bool, tag = "2")]
+    pub keep: bool,
+    /// The sample rate kept spans carry.
+    #[prost(uint64, tag = "3")]
+    pub sample_rate: u64,
+    /// The 56-bit rejection threshold written as `ot=th:`.
+    #[prost(uint64, tag = "4")]
+    pub threshold: u64,
+    /// The deciding rule.
+    #[prost(string, tag = "5")]
+    pub rule: String,
+    /// The trace's tenant.
+    #[prost(string, tag = "6")]
+    pub tenant: String,
+    /// Spans the decision covered.
+    #[prost(uint64, tag = "7")]
+    pub spans: u64,
+}
+
+impl DecisionRecord {
+    /// The wire form of a handed-over decision.
+    pub fn from_handed(h: &HandedDecision) -> DecisionRecord {
+        DecisionRecord {
+            trace_id: h.trace_id.0.to_vec(),
+            keep: h.decision.keep,
+            sample_rate: h.decision.sample_rate,
+            threshold: h.decision.threshold,
+            rule: h.decision.rule.to_string(),
+            tenant: h.tenant.as_str().to_string(),
+            spans: h.spans,
+        }
+    }
+
+    /// The decision again; `None` for a malformed trace id.
+    pub fn into_handed(self) -> Option<HandedDecision> {
+        let id: [u8; 16] = self.trace_id.as_slice().try_into().ok()?;
+        Some(HandedDecision {
+            trace_id: TraceId(id),
+            decision: Decision {
+                keep: self.keep,
+                sample_rate: self.sample_rate.max(1),
+                threshold: self.threshold,
+                rule: Arc::from(self.rule.as_str()),
+            },
+            tenant: TenantId::new(&self.tenant),
+            spans: self.spans,
+        })
+    }
+}
+
+/// `tailsift.peer.v1.AnnounceRequest`: a node leaving (SIGTERM) or coming back, told to the
+/// others over the peer protocol so they route around it at once, before DNS or a config
+/// file catches up.
+#[derive(Clone, PartialEq, Message)]
+pub struct AnnounceRequest {
+    /// Advertise address of the announcing node.
+    #[prost(string, tag = "1")]
+    pub sender: String,
+    /// True: it is leaving; false: it is (back) in service.
+    #[prost(bool, tag = "2")]
+    pub leaving: bool,
 }
 
 /// `tailsift.peer.v1.SpanGroup`: encoded spans sharing one resource, scope and tenant.
@@ -269,6 +346,33 @@ impl PeerClient {
     }
 }
 
+impl PeerClient {
+    /// Tells the peer this node is leaving (or back in service).
+    pub async fn announce(&self, sender: &str, leaving: bool) -> Result<(), ForwardError> {
+        let mut grpc = self.grpc.clone();
+        let call = async {
+            grpc.ready()
+                .await
+                .map_err(|e| ForwardError::Unreachable(e.to_string()))?;
+            let path = http::uri::PathAndQuery::from_static(ANNOUNCE_PATH);
+            let body = Bytes::from(
+                AnnounceRequest {
+                    sender: sender.to_string(),
+                    leaving,
+                }
+                .encode_to_vec(),
+            );
+            grpc.unary(tonic::Request::new(body), path, RawCodec)
+                .await
+                .map_err(ForwardError::Refused)?;
+            Ok(())
+        };
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| ForwardError::Unreachable("timed out".into()))?
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,6 +405,7 @@ mod tests {
             sender: "a:1".into(),
             batch_id: 7,
             groups,
+            decisions: Vec::new(),
         }
         .encode_to_vec();
         let back = ForwardRequest::decode(Bytes::from(body)).unwrap();

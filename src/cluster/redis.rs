@@ -12,7 +12,8 @@
 //! A Redis outage keeps the last known members (traffic never stops on it) and is reported in
 //! `GET /api/v1/cluster` and the metrics. After an outage every node's registration may have
 //! expired; for [`REJOIN_GRACE`] after reconnecting a node only adds members, so the cluster
-//! does not shrink while the others re-register.
+//! does not shrink while the others re-register. A node that leaves (SIGTERM) removes its
+//! registration at once and stops renewing it.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -89,18 +90,21 @@ async fn round(
     conn: &mut redis::aio::MultiplexedConnection,
     source: &RedisSource,
     me: &str,
+    register: bool,
 ) -> Result<(Vec<String>, bool), RedisError> {
     let (secs, micros): (u64, u64) = timed(redis::cmd("TIME").query_async(conn)).await?;
     let now_ms = secs * 1000 + micros / 1000;
     let expiry = now_ms + source.ttl.as_millis() as u64;
     let key = source.key();
+    let mut pipe = redis::pipe();
+    if register {
+        pipe.cmd("ZADD").arg(&key).arg(expiry).arg(me);
+    } else {
+        // Leaving: make sure the registration is gone (ZREM answers 0 or 1, like ZADD).
+        pipe.cmd("ZREM").arg(&key).arg(me);
+    }
     let (added, _removed, members): (u64, u64, Vec<String>) = timed(
-        redis::pipe()
-            .cmd("ZADD")
-            .arg(&key)
-            .arg(expiry)
-            .arg(me)
-            .cmd("ZREMRANGEBYSCORE")
+        pipe.cmd("ZREMRANGEBYSCORE")
             .arg(&key)
             .arg("-inf")
             .arg(format!("({now_ms}"))
@@ -112,10 +116,11 @@ async fn round(
     )
     .await?;
     if added > 0 {
+        let what = if register { "join" } else { "leave" };
         let _: u64 = timed(
             redis::cmd("PUBLISH")
                 .arg(source.channel())
-                .arg(format!("join {me}"))
+                .arg(format!("{what} {me}"))
                 .query_async(conn),
         )
         .await?;
@@ -191,6 +196,7 @@ pub async fn run(
         backoff = Duration::from_millis(250);
         let connected_at = Instant::now();
         let mut messages = pubsub.into_on_message();
+        let mut local = membership.subscribe();
         let mut tick = tokio::time::interval(POLL_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let failure = loop {
@@ -201,12 +207,14 @@ pub async fn run(
                         break "the subscription closed".to_string();
                     }
                 }
+                // This node started leaving: deregister now, not at the next tick.
+                _ = local.changed() => {}
                 _ = stopped(&mut stop) => {
                     deregister(&client, &source, &me).await;
                     return;
                 }
             }
-            match round(&mut conn, &source, &me).await {
+            match round(&mut conn, &source, &me, !membership.is_leaving()).await {
                 Ok((read, _)) => {
                     let grace = connected_at.elapsed() < REJOIN_GRACE;
                     let last = membership.current();

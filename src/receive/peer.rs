@@ -22,7 +22,8 @@ use tonic::Status;
 
 use crate::cluster::forward::PeerIntakeCounters;
 use crate::cluster::peer::{
-    read_group, ForwardRequest, ForwardResponse, InfoResponse, FORWARD_PATH, INFO_PATH,
+    read_group, AnnounceRequest, ForwardRequest, ForwardResponse, InfoResponse, ANNOUNCE_PATH,
+    FORWARD_PATH, INFO_PATH,
 };
 use crate::model::DropReason;
 use crate::otlp::codec::RawCodec;
@@ -109,6 +110,7 @@ struct Inner {
     accepting: AtomicBool,
     max_request_bytes: usize,
     info: Arc<dyn Fn() -> InfoResponse + Send + Sync>,
+    announce: Arc<dyn Fn(&str, bool) + Send + Sync>,
 }
 
 impl PeerService {
@@ -121,6 +123,7 @@ impl PeerService {
         counters: Arc<PeerIntakeCounters>,
         max_request_bytes: usize,
         info: Arc<dyn Fn() -> InfoResponse + Send + Sync>,
+        announce: Arc<dyn Fn(&str, bool) + Send + Sync>,
     ) -> Self {
         PeerService {
             inner: Arc::new(Inner {
@@ -138,6 +141,7 @@ impl PeerService {
                 accepting: AtomicBool::new(true),
                 max_request_bytes,
                 info,
+                announce,
             }),
         }
     }
@@ -173,6 +177,10 @@ where
             if path == INFO_PATH {
                 let mut grpc = tonic::server::Grpc::new(RawCodec);
                 return Ok(grpc.unary(InfoMethod { inner }, req).await);
+            }
+            if path == ANNOUNCE_PATH {
+                let mut grpc = tonic::server::Grpc::new(RawCodec);
+                return Ok(grpc.unary(AnnounceMethod { inner }, req).await);
             }
             if path != FORWARD_PATH {
                 return Ok(Status::unimplemented("unknown Peer method").into_http());
@@ -216,6 +224,26 @@ impl UnaryService<Bytes> for InfoMethod {
     }
 }
 
+struct AnnounceMethod {
+    inner: Arc<Inner>,
+}
+
+impl UnaryService<Bytes> for AnnounceMethod {
+    type Response = Bytes;
+    type Future = BoxFuture<Result<tonic::Response<Bytes>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let a = AnnounceRequest::decode(request.into_inner()).map_err(|e| {
+                Status::invalid_argument(format!("cannot decode AnnounceRequest: {e}"))
+            })?;
+            (inner.announce)(&a.sender, a.leaving);
+            Ok(tonic::Response::new(Bytes::new()))
+        })
+    }
+}
+
 impl Inner {
     async fn forward(&self, body: Bytes) -> Result<tonic::Response<Bytes>, Status> {
         if !self.accepting.load(Relaxed) {
@@ -256,12 +284,26 @@ impl Inner {
         }
         let n = plain.len() + handoffs.iter().map(|(s, _, _)| s.len()).sum::<usize>();
         let traces = handoffs.len() as u64;
-        match self.router.hold(plain, handoffs).await {
+        let decisions: Vec<_> = request
+            .decisions
+            .into_iter()
+            .filter_map(|d| d.into_handed())
+            .collect();
+        let handed_decisions = decisions.len() as u64;
+        let held = async {
+            // Decisions first: late spans in the same batch then follow them.
+            self.router.remember(decisions).await?;
+            self.router.hold(plain, handoffs).await
+        };
+        match held.await {
             Ok(()) => {
                 self.dedup.finish(&sender, id, true);
                 self.counters.spans_received.fetch_add(n as u64, Relaxed);
                 self.counters.batches_received.fetch_add(1, Relaxed);
                 self.counters.handoff_traces.fetch_add(traces, Relaxed);
+                self.counters
+                    .handoff_decisions
+                    .fetch_add(handed_decisions, Relaxed);
                 if invalid > 0 {
                     tracing::warn!(peer = %sender, invalid, "spans from a peer could not be indexed");
                     self.stats.drop_spans(DropReason::Invalid, invalid);
