@@ -449,11 +449,7 @@ fn expand_vars(
             return Err("\"${\" without a closing \"}\"".into());
         };
         let var = &after[..end];
-        if var.is_empty()
-            || !var
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
+        if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(format!(
                 "${{{var}}} is not a variable reference: names are letters, digits and '_'"
             ));
@@ -1100,7 +1096,9 @@ listen = "127.0.0.1:8080"
         );
     }
 
-    fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Result<String, String> {
+    fn env(
+        vars: &'static [(&'static str, &'static str)],
+    ) -> impl Fn(&str) -> Result<String, String> {
         move |name| {
             vars.iter()
                 .find(|(k, _)| *k == name)
@@ -1109,22 +1107,33 @@ listen = "127.0.0.1:8080"
         }
     }
 
-    const HOSTED: &str = "[export]\nkind = \"otlp_grpc\"\nendpoint = \"https://api.honeycomb.io:443\"\n";
+    const HOSTED: &str =
+        "[export]\nkind = \"otlp_grpc\"\nendpoint = \"https://api.honeycomb.io:443\"\n";
 
     #[test]
     fn header_values_expand_environment_variables() {
         let text = format!(
             "{HOSTED}[export.headers]\n\"x-honeycomb-team\" = \"${{KEY}}\"\n\"x-env\" = \"pre-${{ENV}}-post $HOME\"\n"
         );
-        let c = Config::parse_with_env(&text, Path::new("c.toml"), env(&[("KEY", "s3cret"), ("ENV", "prod")]))
-            .unwrap();
+        let c = Config::parse_with_env(
+            &text,
+            Path::new("c.toml"),
+            env(&[("KEY", "s3cret"), ("ENV", "prod")]),
+        )
+        .unwrap();
         let headers: Vec<(&str, &str)> = c.export.headers.iter().collect();
         assert_eq!(
             headers,
-            vec![("x-env", "pre-prod-post $HOME"), ("x-honeycomb-team", "s3cret")]
+            vec![
+                ("x-env", "pre-prod-post $HOME"),
+                ("x-honeycomb-team", "s3cret")
+            ]
         );
         let debug = format!("{c:?}");
-        assert!(!debug.contains("s3cret"), "header values are never shown: {debug}");
+        assert!(
+            !debug.contains("s3cret"),
+            "header values are never shown: {debug}"
+        );
     }
 
     #[test]
@@ -1133,7 +1142,10 @@ listen = "127.0.0.1:8080"
         let err = Config::parse_with_env(&text, Path::new("c.toml"), env(&[]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("MISSING_VAR") && err.contains("x-api-key"), "{err}");
+        assert!(
+            err.contains("MISSING_VAR") && err.contains("x-api-key"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1144,9 +1156,18 @@ listen = "127.0.0.1:8080"
         let err = Config::parse_with_env(&text, Path::new("c.toml"), env(&[]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("\"bad name\" is not a valid header name"), "{err}");
-        assert!(err.contains("\"x-key\"") && !err.contains("s3cret"), "{err}");
-        assert!(err.contains("\"content-type\" is set by the exporter"), "{err}");
+        assert!(
+            err.contains("\"bad name\" is not a valid header name"),
+            "{err}"
+        );
+        assert!(
+            err.contains("\"x-key\"") && !err.contains("s3cret"),
+            "{err}"
+        );
+        assert!(
+            err.contains("\"content-type\" is set by the exporter"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1175,14 +1196,20 @@ listen = "127.0.0.1:8080"
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("tls_cert_file needs export.tls_key_file"), "{err}");
+        assert!(
+            err.contains("tls_cert_file needs export.tls_key_file"),
+            "{err}"
+        );
         let err = Config::parse(
             "[export]\nkind = \"otlp_grpc\"\nendpoint = \"http://127.0.0.1:4317\"\ntls_ca_file = \"ca.pem\"\n",
             Path::new("c.toml"),
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("export.tls_ca_file set") && err.contains("not https://"), "{err}");
+        assert!(
+            err.contains("export.tls_ca_file set") && err.contains("not https://"),
+            "{err}"
+        );
         let err = Config::parse(
             &format!("{HOSTED}tls_server_name = \"not a name\"\n"),
             Path::new("c.toml"),

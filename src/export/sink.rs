@@ -201,6 +201,15 @@ impl Sink {
                 );
                 match grpc.unary(request, path, RawCodec).await {
                     Ok(_) => Ok(()),
+                    // A status tonic made from a local error (it carries the error as its
+                    // source; one the backend sent never does) is a failed connection: TLS
+                    // refused, connection reset. OTLP retries connection failures.
+                    Err(status) if std::error::Error::source(&status).is_some() => {
+                        Err(SendError::retryable(
+                            format!("backend unreachable: {}", chain(&status)),
+                            None,
+                        ))
+                    }
                     Err(status) => Err(classify_status(&status)),
                 }
             }

@@ -103,8 +103,8 @@ pub fn connector(
         .with_tls_config(tls)
         .https_or_http();
     if let Some(name) = &config.tls_server_name {
-        let name = ServerName::try_from(name.clone())
-            .map_err(|_| TlsError::ServerName(name.clone()))?;
+        let name =
+            ServerName::try_from(name.clone()).map_err(|_| TlsError::ServerName(name.clone()))?;
         builder = builder.with_server_name_resolver(FixedServerNameResolver::new(name));
     }
     Ok(match alpn {

@@ -19,6 +19,7 @@ pub mod client;
 pub mod cluster;
 pub mod interop;
 pub mod process;
+pub mod tls;
 pub mod traces;
 
 pub use backend::{
