@@ -209,6 +209,26 @@ async fn without_a_client_certificate_mtls_export_fails_and_is_counted_not_lost_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_certificate_from_an_untrusted_ca_is_refused_and_the_log_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let trusted = TestCa::new(&dir.path().join("trusted"));
+    let untrusted = TestCa::new(&dir.path().join("untrusted"));
+    let server = untrusted.server_cert(&[]);
+    let rules = write_file(dir.path(), "rules.toml", KEEP_ALL_RULES);
+    for kind in ["otlp_grpc", "otlp_http"] {
+        let backend = RecordingBackend::start_tls(untrusted.server_config(&server, false)).await;
+        let extra = format!("tls_ca_file = \"{}\"", trusted.ca_file.display());
+        let proxy = start_proxy(&export_config(&backend, kind, &rules, &extra)).await;
+        let trace = make_trace(trace_id_from_seed(8), "acme", 2, false, "/mitm");
+        send_grpc(proxy.grpc, make_request(vec![trace]))
+            .await
+            .expect("proxy accepts the trace");
+        proxy.wait_for_log("invalid peer certificate", WAIT).await;
+        assert_eq!(backend.span_count(), 0, "{kind}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_names_a_missing_header_variable_and_an_unreadable_ca_file() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_file(

@@ -204,13 +204,19 @@ impl Sink {
                     // A status tonic made from a local error (it carries the error as its
                     // source; one the backend sent never does) is a failed connection: TLS
                     // refused, connection reset. OTLP retries connection failures.
-                    Err(status) if std::error::Error::source(&status).is_some() => {
-                        Err(SendError::retryable(
-                            format!("backend unreachable: {}", chain(&status)),
-                            None,
-                        ))
-                    }
-                    Err(status) => Err(classify_status(&status)),
+                    Err(status) => match std::error::Error::source(&status) {
+                        Some(source) => {
+                            let why = match status.message() {
+                                "" => chain(source),
+                                message => message.to_string(),
+                            };
+                            Err(SendError::retryable(
+                                format!("backend unreachable: {why}"),
+                                None,
+                            ))
+                        }
+                        None => Err(classify_status(&status)),
+                    },
                 }
             }
             Sink::Http {

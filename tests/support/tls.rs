@@ -34,8 +34,9 @@ pub struct TestCa {
 }
 
 impl TestCa {
-    /// Makes a CA and writes its certificate to `dir/ca.pem`.
+    /// Makes a CA and writes its certificate (and later the ones it issues) into `dir`.
     pub fn new(dir: &Path) -> TestCa {
+        std::fs::create_dir_all(dir).expect("create CA directory");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params
