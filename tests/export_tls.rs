@@ -287,3 +287,27 @@ async fn receive_accepts_zstd_compressed_http_within_the_size_limit() {
     let reply = send_http_raw(proxy.http, "/v1/traces", &headers, Bytes::from(bomb)).await;
     assert_eq!(reply.status, 413, "{}", reply.text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receive_accepts_zstd_compressed_grpc() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    let backend = RecordingBackend::start().await;
+    let proxy = TailsiftProcess::start_with_rules(backend.grpc_addr(), KEEP_ALL_RULES).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", proxy.grpc))
+        .unwrap()
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .expect("connect to the proxy");
+    let mut client =
+        TraceServiceClient::new(channel).send_compressed(tonic::codec::CompressionEncoding::Zstd);
+    let request = make_request(vec![make_trace(
+        trace_id_from_seed(9),
+        "acme",
+        4,
+        false,
+        "/zstd-grpc",
+    )]);
+    client.export(request).await.expect("zstd gRPC accepted");
+    backend.wait_for_spans(4, WAIT).await;
+}
