@@ -139,13 +139,15 @@ async fn tls_server_name_verifies_a_certificate_issued_for_another_name() {
     let ca = TestCa::new(dir.path());
     let server = ca.server_cert_for(&["collector.internal"]);
     let rules = write_file(dir.path(), "rules.toml", KEEP_ALL_RULES);
-    let backend = RecordingBackend::start_tls(ca.server_config(&server, false)).await;
-    let extra = format!(
-        "tls_ca_file = \"{}\"\ntls_server_name = \"collector.internal\"",
-        ca.ca_file.display()
-    );
-    let proxy = start_proxy(&export_config(&backend, "otlp_grpc", &rules, &extra)).await;
-    one_trace_arrives(&proxy, &backend, 4).await;
+    for kind in ["otlp_grpc", "otlp_http"] {
+        let backend = RecordingBackend::start_tls(ca.server_config(&server, false)).await;
+        let extra = format!(
+            "tls_ca_file = \"{}\"\ntls_server_name = \"collector.internal\"",
+            ca.ca_file.display()
+        );
+        let proxy = start_proxy(&export_config(&backend, kind, &rules, &extra)).await;
+        one_trace_arrives(&proxy, &backend, 4).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,7 +231,7 @@ async fn a_backend_certificate_from_an_untrusted_ca_is_refused_and_the_log_says_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn check_names_a_missing_header_variable_and_an_unreadable_ca_file() {
+async fn check_names_a_missing_header_variable_an_unreadable_ca_file_and_a_mismatched_key() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_file(
         dir.path(),
@@ -261,6 +263,30 @@ async fn check_names_a_missing_header_variable_and_an_unreadable_ca_file() {
     .await;
     assert!(!out.status.success(), "check must fail: {}", out.stdout);
     assert!(out.stdout.contains("tls_ca_file"), "{}", out.stdout);
+    let ca = TestCa::new(&dir.path().join("pki"));
+    let (alice, bob) = (ca.client_cert("alice"), ca.client_cert("bob"));
+    let config = write_file(
+        dir.path(),
+        "tailsift.toml",
+        &format!(
+            "[export]\nkind = \"otlp_grpc\"\nendpoint = \"https://127.0.0.1:4317\"\n\
+             tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            alice.cert_file.display(),
+            bob.key_file.display()
+        ),
+    );
+    let out = run_tailsift(
+        &["check", "--config", &config.display().to_string()],
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(!out.status.success(), "check must fail: {}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("is not the private key of export.tls_cert_file"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

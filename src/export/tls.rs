@@ -81,7 +81,19 @@ pub fn client_config(config: &ExportConfig) -> Result<ClientConfig, TlsError> {
         (Some(cert_path), Some(key_path)) => {
             let chain = read_certs("tls_cert_file", cert_path)?;
             let key = read_key(key_path)?;
-            builder.with_client_auth_cert(chain, key)?
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| match e {
+                    rustls::Error::InconsistentKeys(_) => TlsError::Pem {
+                        key: "tls_key_file",
+                        path: key_path.clone(),
+                        problem: format!(
+                            "is not the private key of export.tls_cert_file {}",
+                            cert_path.display()
+                        ),
+                    },
+                    e => TlsError::Rustls(e),
+                })?
         }
         _ => builder.with_no_client_auth(),
     };
