@@ -559,27 +559,27 @@ impl ExportConfig {
         keys
     }
 
+    /// Problems with the `[export]` keys, each naming the key and the fix.
     fn problems(&self, problems: &mut Vec<String>) {
-        let e = self;
-        if e.kind != ExportKind::File {
-            match e.endpoint.parse::<http::Uri>() {
+        if self.kind != ExportKind::File {
+            match self.endpoint.parse::<http::Uri>() {
                 Ok(uri)
                     if (uri.scheme_str() == Some("http") || uri.scheme_str() == Some("https"))
                         && uri.host().is_some() => {}
                 _ => problems.push(format!(
                     "export.endpoint {:?} must be a URL like \"http://127.0.0.1:4317\" or \"https://api.example.com:443\"",
-                    e.endpoint
+                    self.endpoint
                 )),
             }
-            let tls_keys = e.tls_keys_set();
-            if !e.is_https() && !tls_keys.is_empty() {
+            let tls_keys = self.tls_keys_set();
+            if !self.is_https() && !tls_keys.is_empty() {
                 problems.push(format!(
                     "export.{} set, but export.endpoint {:?} is not https://: TLS settings would be ignored; use an https:// endpoint or remove them",
                     tls_keys.join(", export."),
-                    e.endpoint
+                    self.endpoint
                 ));
             }
-            match (&e.tls_cert_file, &e.tls_key_file) {
+            match (&self.tls_cert_file, &self.tls_key_file) {
                 (Some(_), None) => problems.push(
                     "export.tls_cert_file needs export.tls_key_file (the client certificate's private key)".into(),
                 ),
@@ -588,14 +588,14 @@ impl ExportConfig {
                 ),
                 _ => {}
             }
-            if let Some(name) = &e.tls_server_name {
+            if let Some(name) = &self.tls_server_name {
                 if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
                     problems.push(format!(
                         "export.tls_server_name {name:?} must be a DNS name or an IP address"
                     ));
                 }
             }
-            e.headers.problems(problems);
+            self.headers.problems(problems);
         }
     }
 }
