@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the per-span hot path, stage by stage: indexing spans from wire bytes,
-//! buffer insert + decide, rule evaluation per trace, export encoding, and counting.
+//! buffer insert + decide, rule evaluation per trace, export encoding, counting, and export
+//! compression (gzip / zstd).
 //! `cargo bench --bench pipeline`; numbers and how to read them are in BENCHMARKS.md.
 
 use std::sync::Arc;
@@ -13,8 +14,10 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use prost::Message;
 use tailsift::buffer::table::{Limits, Ready, Table};
+use tailsift::config::Compression;
 use tailsift::consistent::threshold_for_rate;
 use tailsift::decide::Decider;
+use tailsift::export::sink::compress_blocking;
 use tailsift::model::{CompleteTrace, DecideCause, Decision, KeptSpans, TenantId};
 use tailsift::otlp::encode::{AnnotationKeys, BatchEncoder};
 use tailsift::otlp::ingest::{ingest_request, IngestOptions};
@@ -229,6 +232,23 @@ fn bench(c: &mut Criterion) {
                 .count()
         })
     });
+    g.finish();
+
+    // What `[export] compression` costs per exported span, and what it saves on the wire.
+    let mut g = c.benchmark_group("export_compression");
+    g.throughput(Throughput::Elements(512));
+    g.measurement_time(Duration::from_secs(3));
+    for compression in [Compression::Gzip, Compression::Zstd] {
+        let size = compress_blocking(compression, &body).map_or(0, |b| b.len());
+        eprintln!(
+            "export_compression/{}: {} bytes -> {size} bytes",
+            compression.name(),
+            body.len()
+        );
+        g.bench_function(format!("{}_512_spans", compression.name()), |b| {
+            b.iter(|| compress_blocking(compression, &body).map_or(0, |b| b.len()))
+        });
+    }
     g.finish();
 }
 

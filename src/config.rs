@@ -2,6 +2,7 @@
 //! Every key has a default, so an empty file (or no file) is a working configuration; unknown
 //! keys are errors. `docs/configuration.md` documents each key; keep the two in step.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -320,6 +321,159 @@ pub enum ExportKind {
     OtlpHttp,
 }
 
+/// How export request bodies are compressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// gzip (`content-encoding: gzip` / `grpc-encoding: gzip`): understood by every OTLP backend.
+    Gzip,
+    /// zstd: less CPU than gzip for the same ratio, where the backend accepts it.
+    Zstd,
+    /// Uncompressed.
+    None,
+}
+
+impl Compression {
+    /// The encoding's name as written in the config and in `content-encoding`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+            Compression::None => "none",
+        }
+    }
+}
+
+/// Header names the exporters set themselves (or that HTTP/2 forbids), so `[export.headers]`
+/// may not override them.
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-encoding",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "host",
+    "te",
+    "user-agent",
+];
+
+/// `[export.headers]`: static headers (gRPC metadata) sent with every export request, e.g. an
+/// API key. Values may hold `${VAR}`, expanded from the environment when the config is loaded.
+/// Values are secrets: `Debug` shows the names only.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct ExportHeaders(BTreeMap<String, String>);
+
+impl fmt::Debug for ExportHeaders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, "<redacted>")))
+            .finish()
+    }
+}
+
+impl ExportHeaders {
+    /// Headers from `(name, value)` pairs, as if written in the file (values not yet expanded).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        ExportHeaders(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    /// `(name, value)` pairs in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Whether no header is configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Replaces every `${VAR}` in the values using `lookup`; returns one problem per value that
+    /// names a variable `lookup` does not know (that value is left as written).
+    pub fn expand_env(&mut self, lookup: impl Fn(&str) -> Result<String, String>) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (name, value) in self.0.iter_mut() {
+            match expand_vars(value, &lookup) {
+                Ok(expanded) => *value = expanded,
+                Err(why) => problems.push(format!("export.headers.{name:?}: {why}")),
+            }
+        }
+        problems
+    }
+
+    /// Problems with names or (expanded) values; never quotes a value, which may be a secret.
+    fn problems(&self, out: &mut Vec<String>) {
+        for (name, value) in &self.0 {
+            match http::HeaderName::from_bytes(name.as_bytes()) {
+                Err(_) => out.push(format!(
+                    "export.headers.{name:?} is not a valid header name (use letters, digits and '-', e.g. \"x-api-key\")"
+                )),
+                Ok(parsed) => {
+                    let lower = parsed.as_str();
+                    if RESERVED_HEADERS.contains(&lower) || lower.starts_with("grpc-") {
+                        out.push(format!(
+                            "export.headers.{name:?} is set by the exporter itself and cannot be overridden"
+                        ));
+                    } else if lower.ends_with("-bin") {
+                        out.push(format!(
+                            "export.headers.{name:?}: binary (-bin) gRPC metadata is not supported; use a text header"
+                        ));
+                    }
+                }
+            }
+            if http::HeaderValue::from_str(value).is_err() {
+                out.push(format!(
+                    "export.headers.{name:?}: the value (after ${{VAR}} expansion) is not a valid header value: no control characters or line breaks"
+                ));
+            }
+        }
+    }
+}
+
+/// Expands `${NAME}` references; any other `$` is kept literally.
+fn expand_vars(
+    value: &str,
+    lookup: &impl Fn(&str) -> Result<String, String>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err("\"${\" without a closing \"}\"".into());
+        };
+        let var = &after[..end];
+        if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!(
+                "${{{var}}} is not a variable reference: names are letters, digits and '_'"
+            ));
+        }
+        out.push_str(&lookup(var)?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Looks a variable up in the process environment, saying which one is missing.
+fn env_lookup(var: &str) -> Result<String, String> {
+    match std::env::var(var) {
+        Ok(v) => Ok(v),
+        Err(std::env::VarError::NotPresent) => Err(format!(
+            "environment variable {var} is not set (it is referenced as ${{{var}}})"
+        )),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(format!("environment variable {var} is not valid UTF-8"))
+        }
+    }
+}
+
 /// `[export]`: where kept traces go and how.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -354,6 +508,96 @@ pub struct ExportConfig {
     pub spool_dir: Option<PathBuf>,
     /// Most bytes the spool may hold; beyond it batches are retried in memory.
     pub spool_max_bytes: ByteSize,
+    /// Compression of export requests; unset: gzip for `https://` endpoints, none otherwise
+    /// (see [`ExportConfig::compression`]).
+    #[serde(rename = "compression")]
+    pub compression_setting: Option<Compression>,
+    /// Static headers sent with every export request (API keys); `${VAR}` is expanded.
+    pub headers: ExportHeaders,
+    /// Extra PEM CA certificates trusted for `https://` endpoints, besides the webpki roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate chain presented to the backend (mTLS); needs `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// Name sent as SNI and verified in the server certificate instead of the endpoint's host.
+    pub tls_server_name: Option<String>,
+}
+
+impl ExportConfig {
+    /// Whether the endpoint is `https://` (TLS, and gzip by default).
+    pub fn is_https(&self) -> bool {
+        self.endpoint
+            .get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+    }
+
+    /// The compression in force: the configured one, else gzip for `https://`, else none.
+    pub fn compression(&self) -> Compression {
+        match self.compression_setting {
+            Some(c) => c,
+            None if self.is_https() => Compression::Gzip,
+            None => Compression::None,
+        }
+    }
+
+    /// Which `tls_*` keys are set (for messages about keys that do not apply).
+    fn tls_keys_set(&self) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        if self.tls_ca_file.is_some() {
+            keys.push("tls_ca_file");
+        }
+        if self.tls_cert_file.is_some() {
+            keys.push("tls_cert_file");
+        }
+        if self.tls_key_file.is_some() {
+            keys.push("tls_key_file");
+        }
+        if self.tls_server_name.is_some() {
+            keys.push("tls_server_name");
+        }
+        keys
+    }
+
+    /// Problems with the `[export]` keys, each naming the key and the fix.
+    fn problems(&self, problems: &mut Vec<String>) {
+        if self.kind != ExportKind::File {
+            match self.endpoint.parse::<http::Uri>() {
+                Ok(uri)
+                    if (uri.scheme_str() == Some("http") || uri.scheme_str() == Some("https"))
+                        && uri.host().is_some() => {}
+                _ => problems.push(format!(
+                    "export.endpoint {:?} must be a URL like \"http://127.0.0.1:4317\" or \"https://api.example.com:443\"",
+                    self.endpoint
+                )),
+            }
+            let tls_keys = self.tls_keys_set();
+            if !self.is_https() && !tls_keys.is_empty() {
+                problems.push(format!(
+                    "export.{} set, but export.endpoint {:?} is not https://: TLS settings would be ignored; use an https:// endpoint or remove them",
+                    tls_keys.join(", export."),
+                    self.endpoint
+                ));
+            }
+            match (&self.tls_cert_file, &self.tls_key_file) {
+                (Some(_), None) => problems.push(
+                    "export.tls_cert_file needs export.tls_key_file (the client certificate's private key)".into(),
+                ),
+                (None, Some(_)) => problems.push(
+                    "export.tls_key_file needs export.tls_cert_file (the client certificate it belongs to)".into(),
+                ),
+                _ => {}
+            }
+            if let Some(name) = &self.tls_server_name {
+                if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                    problems.push(format!(
+                        "export.tls_server_name {name:?} must be a DNS name or an IP address"
+                    ));
+                }
+            }
+            self.headers.problems(problems);
+        }
+    }
 }
 
 impl Default for ExportConfig {
@@ -373,6 +617,12 @@ impl Default for ExportConfig {
             retry_max_elapsed: HumanDuration(Duration::from_secs(60)),
             spool_dir: None,
             spool_max_bytes: ByteSize(1 << 30),
+            compression_setting: None,
+            headers: ExportHeaders::default(),
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_server_name: None,
         }
     }
 }
@@ -650,17 +900,47 @@ impl Config {
 
     /// Parses and validates config text; `path` names it in errors and anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        Config::parse_with_env(text, path, env_lookup)
+    }
+
+    /// Like [`Config::parse`] with `lookup` standing in for the environment (`${VAR}` in
+    /// `[export.headers]`), so tests need not change the process environment.
+    pub fn parse_with_env(
+        text: &str,
+        path: &Path,
+        lookup: impl Fn(&str) -> Result<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        config.validate(path)?;
-        Ok(config)
+        let mut problems = config.export.headers.expand_env(lookup);
+        config.problems(&mut problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            })
+        }
     }
 
     /// Checks values that parse but cannot work (each problem names its key and the fix).
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
+        self.problems(&mut problems);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            })
+        }
+    }
+
+    fn problems(&self, problems: &mut Vec<String>) {
         let b = &self.buffer;
         if b.root_grace.0 >= b.trace_timeout.0 {
             problems.push(format!(
@@ -681,30 +961,13 @@ impl Config {
             problems.push("stats.max_tenants must be at least 1".into());
         }
         if let Some(cluster) = &self.cluster {
-            cluster.problems(&mut problems);
+            cluster.problems(problems);
         }
         if self.receive.max_concurrent_requests == 0 {
             problems.push("receive.max_concurrent_requests must be at least 1".into());
         }
         let e = &self.export;
-        if e.kind != ExportKind::File {
-            match e.endpoint.parse::<http::Uri>() {
-                Ok(uri)
-                    if uri.scheme_str() == Some("http") || uri.scheme_str() == Some("https") =>
-                {
-                    if uri.scheme_str() == Some("https") {
-                        problems.push(format!(
-                            "export.endpoint {:?}: https is not supported yet; use http:// (e.g. to a local collector)",
-                            e.endpoint
-                        ));
-                    }
-                }
-                _ => problems.push(format!(
-                    "export.endpoint {:?} must be a URL like \"http://127.0.0.1:4317\"",
-                    e.endpoint
-                )),
-            }
-        }
+        e.problems(problems);
         if e.sample_rate_attribute.is_empty() {
             problems.push("export.sample_rate_attribute must not be empty".into());
         }
@@ -714,14 +977,6 @@ impl Config {
         }
         if e.retry_initial.0 > e.retry_max.0 {
             problems.push("export.retry_initial must not exceed export.retry_max".into());
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                problems,
-            })
         }
     }
 }
@@ -852,5 +1107,128 @@ listen = "127.0.0.1:8080"
             err.contains("root_grace") && err.contains("max_spans_per_trace"),
             "{err}"
         );
+    }
+
+    fn env(
+        vars: &'static [(&'static str, &'static str)],
+    ) -> impl Fn(&str) -> Result<String, String> {
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+                .ok_or_else(|| format!("environment variable {name} is not set"))
+        }
+    }
+
+    const HOSTED: &str =
+        "[export]\nkind = \"otlp_grpc\"\nendpoint = \"https://api.honeycomb.io:443\"\n";
+
+    #[test]
+    fn header_values_expand_environment_variables() {
+        let text = format!(
+            "{HOSTED}[export.headers]\n\"x-honeycomb-team\" = \"${{KEY}}\"\n\"x-env\" = \"pre-${{ENV}}-post $HOME\"\n"
+        );
+        let c = Config::parse_with_env(
+            &text,
+            Path::new("c.toml"),
+            env(&[("KEY", "s3cret"), ("ENV", "prod")]),
+        )
+        .unwrap();
+        let headers: Vec<(&str, &str)> = c.export.headers.iter().collect();
+        assert_eq!(
+            headers,
+            vec![
+                ("x-env", "pre-prod-post $HOME"),
+                ("x-honeycomb-team", "s3cret")
+            ]
+        );
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("s3cret"),
+            "header values are never shown: {debug}"
+        );
+    }
+
+    #[test]
+    fn a_missing_header_variable_is_an_error_naming_it() {
+        let text = format!("{HOSTED}[export.headers]\n\"x-api-key\" = \"${{MISSING_VAR}}\"\n");
+        let err = Config::parse_with_env(&text, Path::new("c.toml"), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("MISSING_VAR") && err.contains("x-api-key"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn invalid_header_names_and_values_are_errors_that_never_quote_the_value() {
+        let text = format!(
+            "{HOSTED}[export.headers]\n\"bad name\" = \"x\"\n\"x-key\" = \"line\\nbreak-s3cret\"\n\"content-type\" = \"text/plain\"\n"
+        );
+        let err = Config::parse_with_env(&text, Path::new("c.toml"), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"bad name\" is not a valid header name"),
+            "{err}"
+        );
+        assert!(
+            err.contains("\"x-key\"") && !err.contains("s3cret"),
+            "{err}"
+        );
+        assert!(
+            err.contains("\"content-type\" is set by the exporter"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn compression_defaults_to_gzip_for_https_and_none_for_http() {
+        let https = Config::parse(HOSTED, Path::new("c.toml")).unwrap();
+        assert_eq!(https.export.compression(), Compression::Gzip);
+        let http = Config::parse("[export]\nkind = \"otlp_http\"\n", Path::new("c.toml")).unwrap();
+        assert_eq!(http.export.compression(), Compression::None);
+        let zstd = Config::parse(
+            "[export]\nkind = \"otlp_http\"\ncompression = \"zstd\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(zstd.export.compression(), Compression::Zstd);
+        let err = Config::parse("[export]\ncompression = \"brotli\"\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("brotli"), "{err}");
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key_and_tls_needs_https() {
+        let err = Config::parse(
+            &format!("{HOSTED}tls_cert_file = \"client.pem\"\n"),
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("tls_cert_file needs export.tls_key_file"),
+            "{err}"
+        );
+        let err = Config::parse(
+            "[export]\nkind = \"otlp_grpc\"\nendpoint = \"http://127.0.0.1:4317\"\ntls_ca_file = \"ca.pem\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("export.tls_ca_file set") && err.contains("not https://"),
+            "{err}"
+        );
+        let err = Config::parse(
+            &format!("{HOSTED}tls_server_name = \"not a name\"\n"),
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tls_server_name"), "{err}");
     }
 }

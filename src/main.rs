@@ -402,6 +402,13 @@ fn check(path: Option<&PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The PEM files are read exactly as start-up reads them.
+    if config.export.kind != tailsift::config::ExportKind::File && config.export.is_https() {
+        if let Err(e) = tailsift::export::tls::client_config(&config.export) {
+            println!("{e}");
+            return ExitCode::FAILURE;
+        }
+    }
     match tailsift::reload::load_rules(&config.rules.file) {
         Ok((rules, source)) => {
             for w in rules.warnings() {

@@ -4,6 +4,7 @@
 
 pub mod sink;
 pub mod spool;
+pub mod tls;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;

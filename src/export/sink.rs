@@ -1,6 +1,8 @@
 //! Where encoded export requests go: a local OTLP/JSON-lines file (the default), an OTLP/gRPC
 //! backend, or an OTLP/HTTP backend. Each send says whether a failure is worth retrying, using
-//! the codes the OTLP specification marks retryable.
+//! the codes the OTLP specification marks retryable. The network sinks speak TLS to
+//! `https://` endpoints (see [`super::tls`]), send the static `[export.headers]` with every
+//! request and compress bodies as `[export] compression` says.
 
 use std::io::Write;
 use std::path::Path;
@@ -8,11 +10,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use tonic::codec::CompressionEncoding;
+use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
-use crate::config::{ExportConfig, ExportKind};
+use super::tls::{self, Alpn, TlsError};
+use crate::config::{Compression, ExportConfig, ExportKind};
 use crate::otlp::codec::RawCodec;
 use crate::otlp::wire::{Reader, LEN, VARINT};
 use crate::otlp::{json, EXPORT_PATH};
@@ -60,6 +67,12 @@ pub enum SinkError {
     /// The endpoint is not a usable URL.
     #[error("invalid export endpoint {0:?}")]
     Endpoint(String),
+    /// The TLS settings cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A `[export.headers]` entry is not a valid header (config validation normally catches it).
+    #[error("export.headers.{0:?} is not a valid header")]
+    Header(String),
 }
 
 /// An export destination.
@@ -70,15 +83,24 @@ pub enum Sink {
     /// OTLP/JSON lines.
     File(Arc<Mutex<std::io::BufWriter<std::fs::File>>>),
     /// OTLP/gRPC.
-    Grpc(tonic::client::Grpc<tonic::transport::Channel>),
+    Grpc {
+        /// gRPC client (compression set on it).
+        grpc: tonic::client::Grpc<tonic::transport::Channel>,
+        /// Static metadata sent with every request.
+        headers: HeaderMap,
+    },
     /// OTLP/HTTP protobuf.
     Http {
-        /// HTTP client.
-        client: Client<HttpConnector, Full<Bytes>>,
+        /// HTTP client (TLS for `https://`).
+        client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
         /// Full URL of the traces endpoint.
         url: http::Uri,
         /// Timeout per request.
         timeout: Duration,
+        /// Static headers sent with every request.
+        headers: HeaderMap,
+        /// Body compression.
+        compression: Compression,
     },
 }
 
@@ -107,6 +129,7 @@ impl Sink {
                 )))))
             }
             ExportKind::OtlpGrpc => {
+                let headers = static_headers(config)?;
                 let endpoint = tonic::transport::Endpoint::from_shared(config.endpoint.clone())
                     .map_err(|_| SinkError::Endpoint(config.endpoint.clone()))?
                     .timeout(config.request_timeout.0)
@@ -115,8 +138,20 @@ impl Sink {
                     // Export requests are MiBs: larger HTTP/2 windows avoid flow-control stalls.
                     .initial_stream_window_size(Some(8 << 20))
                     .initial_connection_window_size(Some(32 << 20));
-                let channel = endpoint.connect_lazy();
-                Ok(Sink::Grpc(tonic::client::Grpc::new(channel)))
+                let channel = if config.is_https() {
+                    let tls = tls::client_config(config)?;
+                    endpoint.connect_with_connector_lazy(tls::connector(config, tls, Alpn::Http2)?)
+                } else {
+                    endpoint.connect_lazy()
+                };
+                let mut grpc = tonic::client::Grpc::new(channel);
+                match config.compression() {
+                    Compression::Gzip => grpc = grpc.send_compressed(CompressionEncoding::Gzip),
+                    Compression::Zstd => grpc = grpc.send_compressed(CompressionEncoding::Zstd),
+                    Compression::None => {}
+                }
+                log_destination(config, headers.len());
+                Ok(Sink::Grpc { grpc, headers })
             }
             ExportKind::OtlpHttp => {
                 let base = config.endpoint.trim_end_matches('/');
@@ -128,12 +163,17 @@ impl Sink {
                 let url: http::Uri = url
                     .parse()
                     .map_err(|_| SinkError::Endpoint(config.endpoint.clone()))?;
+                let headers = static_headers(config)?;
+                let tls = tls::client_config(config)?;
                 let client = Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .build(HttpConnector::new());
+                    .build(tls::connector(config, tls, Alpn::Http1)?);
+                log_destination(config, headers.len());
                 Ok(Sink::Http {
                     client,
                     url,
                     timeout: config.request_timeout.0,
+                    headers,
+                    compression: config.compression(),
                 })
             }
         }
@@ -148,30 +188,62 @@ impl Sink {
                     .await
                     .map_err(|e| SendError::permanent(format!("file writer failed: {e}")))?
             }
-            Sink::Grpc(grpc) => {
+            Sink::Grpc { grpc, headers } => {
                 let mut grpc = grpc.clone();
-                grpc.ready()
-                    .await
-                    .map_err(|e| SendError::retryable(format!("backend unreachable: {e}"), None))?;
+                grpc.ready().await.map_err(|e| {
+                    SendError::retryable(format!("backend unreachable: {}", chain(&e)), None)
+                })?;
                 let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
-                match grpc.unary(tonic::Request::new(body), path, RawCodec).await {
+                let request = tonic::Request::from_parts(
+                    MetadataMap::from_headers(headers.clone()),
+                    tonic::Extensions::default(),
+                    body,
+                );
+                match grpc.unary(request, path, RawCodec).await {
                     Ok(_) => Ok(()),
-                    Err(status) => Err(classify_status(&status)),
+                    // A status tonic made from a local error (it carries the error as its
+                    // source; one the backend sent never does) is a failed connection: TLS
+                    // refused, connection reset. OTLP retries connection failures.
+                    Err(status) => match std::error::Error::source(&status) {
+                        Some(source) => {
+                            let why = match status.message() {
+                                "" => chain(source),
+                                message => message.to_string(),
+                            };
+                            Err(SendError::retryable(
+                                format!("backend unreachable: {why}"),
+                                None,
+                            ))
+                        }
+                        None => Err(classify_status(&status)),
+                    },
                 }
             }
             Sink::Http {
                 client,
                 url,
                 timeout,
+                headers,
+                compression,
             } => {
-                let request = http::Request::post(url.clone())
+                let body = compress(*compression, body).await?;
+                let mut request = http::Request::post(url.clone())
                     .header(http::header::CONTENT_TYPE, "application/x-protobuf")
                     .body(Full::new(body))
                     .map_err(|e| SendError::permanent(format!("cannot build request: {e}")))?;
+                request.headers_mut().extend(headers.clone());
+                if *compression != Compression::None {
+                    request.headers_mut().insert(
+                        http::header::CONTENT_ENCODING,
+                        HeaderValue::from_static(compression.name()),
+                    );
+                }
                 let response = tokio::time::timeout(*timeout, client.request(request))
                     .await
                     .map_err(|_| SendError::retryable("backend timed out".into(), None))?
-                    .map_err(|e| SendError::retryable(format!("backend unreachable: {e}"), None))?;
+                    .map_err(|e| {
+                        SendError::retryable(format!("backend unreachable: {}", chain(&e)), None)
+                    })?;
                 let status = response.status();
                 let retry_after = response
                     .headers()
@@ -193,6 +265,79 @@ impl Sink {
             }
         }
     }
+}
+
+/// The `[export.headers]` as a header map, values marked sensitive (never logged by hyper,
+/// never HPACK-indexed by HTTP/2).
+fn static_headers(config: &ExportConfig) -> Result<HeaderMap, SinkError> {
+    let mut map = HeaderMap::new();
+    for (name, value) in config.headers.iter() {
+        let key = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| SinkError::Header(name.to_string()))?;
+        let mut value =
+            HeaderValue::from_str(value).map_err(|_| SinkError::Header(name.to_string()))?;
+        value.set_sensitive(true);
+        map.insert(key, value);
+    }
+    Ok(map)
+}
+
+/// Says where spans go and how, naming header names only (values are secrets).
+fn log_destination(config: &ExportConfig, headers: usize) {
+    let names: Vec<&str> = config.headers.iter().map(|(name, _)| name).collect();
+    tracing::info!(
+        endpoint = %config.endpoint,
+        kind = ?config.kind,
+        tls = config.is_https(),
+        compression = config.compression().name(),
+        headers,
+        header_names = ?names,
+        "exporting kept spans"
+    );
+}
+
+/// Compresses an HTTP body off the async threads (a batch is MiBs).
+async fn compress(compression: Compression, body: Bytes) -> Result<Bytes, SendError> {
+    if compression == Compression::None {
+        return Ok(body);
+    }
+    tokio::task::spawn_blocking(move || compress_blocking(compression, &body))
+        .await
+        .map_err(|e| SendError::permanent(format!("compression task failed: {e}")))?
+        .map_err(|e| SendError::permanent(format!("cannot compress the request: {e}")))
+}
+
+/// Compresses one export body as the HTTP exporter does (gzip level 1, zstd level 3, zstd's
+/// default); public so the benchmark measures exactly this.
+pub fn compress_blocking(compression: Compression, body: &[u8]) -> std::io::Result<Bytes> {
+    match compression {
+        Compression::Gzip => {
+            let mut encoder = flate2::write::GzEncoder::new(
+                Vec::with_capacity(body.len() / 4),
+                flate2::Compression::fast(),
+            );
+            encoder.write_all(body)?;
+            encoder.finish().map(Bytes::from)
+        }
+        Compression::Zstd => zstd::bulk::compress(body, 3).map(Bytes::from),
+        Compression::None => Ok(Bytes::copy_from_slice(body)),
+    }
+}
+
+/// An error with its sources (`client error (Connect): invalid peer certificate: …`), so TLS
+/// failures say why.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 fn write_json_line(

@@ -65,6 +65,7 @@ where
             let req = req.map(|body| LimitedBody::new(body, limit));
             let mut grpc = tonic::server::Grpc::new(RawCodec)
                 .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Zstd)
                 .send_compressed(CompressionEncoding::Gzip)
                 // The body wrapper enforces the limit first with RESOURCE_EXHAUSTED; this is
                 // tonic's own backstop (and the limit for decompressed messages).

@@ -1,4 +1,4 @@
-//! OTLP/HTTP: `POST /v1/traces` with protobuf or JSON bodies, optionally gzip-compressed.
+//! OTLP/HTTP: `POST /v1/traces` with protobuf or JSON bodies, optionally gzip- or zstd-compressed.
 //! Answers in the request's encoding; errors carry a `google.rpc.Status`-shaped body.
 
 use std::io::Read;
@@ -79,18 +79,21 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
             )
         }
     };
-    let gzip = headers
+    let content_encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().eq_ignore_ascii_case("gzip"))
-        .unwrap_or(false);
-    let raw = if gzip {
-        match gunzip(&raw, limit) {
-            Ok(b) => b,
-            Err(resp) => return refuse(receiver, encoding, resp.0, &resp.1),
-        }
+        .map(str::trim)
+        .unwrap_or("");
+    let decoded = if content_encoding.eq_ignore_ascii_case("gzip") {
+        gunzip(&raw, limit)
+    } else if content_encoding.eq_ignore_ascii_case("zstd") {
+        unzstd(&raw, limit)
     } else {
-        raw
+        Ok(raw)
+    };
+    let raw = match decoded {
+        Ok(b) => b,
+        Err(resp) => return refuse(receiver, encoding, resp.0, &resp.1),
     };
     let body = match encoding {
         Encoding::Protobuf => raw,
@@ -137,11 +140,28 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
 
 /// Decompresses a gzip body, refusing output beyond `limit` bytes (a zip bomb stays small).
 fn gunzip(raw: &[u8], limit: usize) -> Result<Bytes, (StatusCode, String)> {
-    let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(limit));
-    let mut decoder = flate2::read::GzDecoder::new(raw).take(limit as u64 + 1);
+    read_limited(flate2::read::GzDecoder::new(raw), "gzip", raw.len(), limit)
+}
+
+/// Decompresses a zstd body under the same `limit` as gzip.
+fn unzstd(raw: &[u8], limit: usize) -> Result<Bytes, (StatusCode, String)> {
+    let decoder = zstd::stream::read::Decoder::new(raw)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("invalid zstd body: {e}")))?;
+    read_limited(decoder, "zstd", raw.len(), limit)
+}
+
+/// Reads a decoder to its end, stopping one byte past `limit` so oversized output is refused.
+fn read_limited(
+    decoder: impl Read,
+    name: &str,
+    compressed_len: usize,
+    limit: usize,
+) -> Result<Bytes, (StatusCode, String)> {
+    let mut out = Vec::with_capacity(compressed_len.saturating_mul(4).min(limit));
     decoder
+        .take(limit as u64 + 1)
         .read_to_end(&mut out)
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("invalid gzip body: {e}")))?;
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("invalid {name} body: {e}")))?;
     if out.len() > limit {
         return Err((
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -6,6 +6,10 @@
 //! optionally with RetryInfo / Retry-After), delay responses, or go down (listeners closed and
 //! open connections cut, so new connections are refused) and come back on the same ports.
 //!
+//! With [`RecordingBackend::start_tls`] both endpoints speak TLS (rustls) with the given server
+//! configuration — e.g. a run-time CA's certificate from [`super::tls`], optionally requiring a
+//! client certificate — and count failed handshakes.
+//!
 //! Connections are served by our own accept loops (hyper-util's auto builder, one task per
 //! connection) rather than `tonic::transport::Server`/`axum::serve`, so "down" is a hard cut:
 //! graceful shutdown would wait for clients to hang up.
@@ -198,6 +202,7 @@ struct Shared {
     delay: Mutex<Option<Duration>>,
     attempts: Mutex<usize>,
     rejected: Mutex<usize>,
+    tls_failures: Mutex<usize>,
 }
 
 /// How a request is to be answered (decided before recording).
@@ -234,11 +239,23 @@ pub struct RecordingBackend {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl RecordingBackend {
     /// Starts both endpoints on `127.0.0.1:0`.
     pub async fn start() -> RecordingBackend {
+        Self::start_with(None).await
+    }
+
+    /// Starts both endpoints on `127.0.0.1:0`, speaking TLS with `config` (ALPN h2 and http/1.1
+    /// are added).
+    pub async fn start_tls(mut config: rustls::ServerConfig) -> RecordingBackend {
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> RecordingBackend {
         let grpc = bind("127.0.0.1:0".parse().unwrap())
             .await
             .expect("bind backend gRPC listener");
@@ -250,6 +267,7 @@ impl RecordingBackend {
             grpc_addr: grpc.local_addr().expect("gRPC local addr"),
             http_addr: http.local_addr().expect("HTTP local addr"),
             tasks: Mutex::new(Vec::new()),
+            tls,
         };
         backend.spawn(grpc, http);
         backend
@@ -260,18 +278,27 @@ impl RecordingBackend {
             shared: self.shared.clone(),
         })
         .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
         .max_decoding_message_size(MAX_BODY);
         let router = Router::new()
             .route("/v1/traces", post(http_export))
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(self.shared.clone());
         let mut tasks = self.tasks.lock().unwrap();
-        tasks.push(tokio::spawn(accept_loop(grpc, move |req| {
-            let svc = grpc_svc.clone();
-            async move { grpc_with_raw_body(svc, req).await }
-        })));
+        let (tls, shared) = (self.tls.clone(), self.shared.clone());
+        tasks.push(tokio::spawn(accept_loop(
+            grpc,
+            tls.clone(),
+            shared.clone(),
+            move |req| {
+                let svc = grpc_svc.clone();
+                async move { grpc_with_raw_body(svc, req).await }
+            },
+        )));
         tasks.push(tokio::spawn(accept_loop(
             http,
+            tls,
+            shared,
             move |req: axum::http::Request<hyper::body::Incoming>| {
                 let mut router = router.clone();
                 async move { router.call(req).await }
@@ -291,7 +318,31 @@ impl RecordingBackend {
 
     /// Full URL of the OTLP/HTTP traces endpoint.
     pub fn http_traces_url(&self) -> String {
-        format!("http://{}/v1/traces", self.http_addr)
+        format!("{}/v1/traces", self.http_url())
+    }
+
+    /// `http://` or, when started with TLS, `https://`.
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Base URL of the OTLP/gRPC endpoint (`https://127.0.0.1:<port>` with TLS).
+    pub fn grpc_url(&self) -> String {
+        format!("{}://{}", self.scheme(), self.grpc_addr)
+    }
+
+    /// Base URL of the OTLP/HTTP endpoint (`https://127.0.0.1:<port>` with TLS).
+    pub fn http_url(&self) -> String {
+        format!("{}://{}", self.scheme(), self.http_addr)
+    }
+
+    /// TLS handshakes that failed (e.g. a client without the required certificate).
+    pub fn tls_failures(&self) -> usize {
+        *self.shared.tls_failures.lock().unwrap()
     }
 
     /// All accepted requests, in arrival order.
@@ -494,8 +545,12 @@ async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Accepts connections until aborted; each connection is served in a task of a JoinSet that is
 /// aborted with the loop.
-async fn accept_loop<F, Fut, B>(listener: TcpListener, handler: F)
-where
+async fn accept_loop<F, Fut, B>(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+    handler: F,
+) where
     F: Fn(axum::http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<axum::http::Response<B>, Infallible>> + Send + 'static,
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -513,11 +568,27 @@ where
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let (tls, shared) = (tls.clone(), shared.clone());
         conns.spawn(async move {
             let svc = hyper::service::service_fn(handler);
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let builder = auto::Builder::new(TokioExecutor::new());
+            match tls {
+                None => {
+                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                }
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(5), acceptor.accept(stream)).await;
+                    match handshake {
+                        Ok(Ok(tls_stream)) => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(tls_stream), svc)
+                                .await;
+                        }
+                        _ => *shared.tls_failures.lock().unwrap() += 1,
+                    }
+                }
+            }
         });
         // Reap finished connection tasks so the set does not grow without bound.
         while conns.try_join_next().is_some() {}
@@ -527,6 +598,11 @@ where
 /// Raw protobuf message of a gRPC request, put into the request extensions for the recorder.
 #[derive(Clone)]
 struct RawMessage(Bytes);
+
+/// The HTTP/2 headers of a gRPC request as they arrived (tonic's metadata drops some, e.g.
+/// `grpc-encoding`), put into the request extensions for the recorder.
+#[derive(Clone)]
+struct RawHeaders(HeaderMap);
 
 /// Buffers a gRPC request body, extracts the message bytes of its (single) frame, gunzipping
 /// if the frame is compressed, then hands the unchanged body to the tonic service.
@@ -544,6 +620,8 @@ async fn grpc_with_raw_body(
     if let Some(raw) = grpc_frame_message(&body, &parts.headers) {
         parts.extensions.insert(RawMessage(raw));
     }
+    let headers = RawHeaders(parts.headers.clone());
+    parts.extensions.insert(headers);
     let req = axum::http::Request::from_parts(parts, Full::new(body));
     match svc.call(req).await {
         Ok(resp) => Ok(resp),
@@ -566,13 +644,16 @@ fn grpc_frame_message(body: &Bytes, headers: &HeaderMap) -> Option<Bytes> {
         .get("grpc-encoding")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if enc != "gzip" {
-        return None;
-    }
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(msg)
-        .read_to_end(&mut out)
-        .ok()?;
+    match enc {
+        "gzip" => {
+            flate2::read::GzDecoder::new(msg)
+                .read_to_end(&mut out)
+                .ok()?;
+        }
+        "zstd" => out = zstd::stream::decode_all(msg).ok()?,
+        _ => return None,
+    }
     Some(Bytes::from(out))
 }
 
@@ -593,7 +674,10 @@ impl TraceService for GrpcRecorder {
             .extensions()
             .get::<RawMessage>()
             .map(|r| r.0.clone());
-        let headers = request.metadata().clone().into_headers();
+        let headers = match request.extensions().get::<RawHeaders>() {
+            Some(raw) => raw.0.clone(),
+            None => request.metadata().clone().into_headers(),
+        };
         let request = request.into_inner();
         let raw = raw.unwrap_or_else(|| Bytes::from(request.encode_to_vec()));
         self.shared.record(ReceivedRequest {
@@ -716,23 +800,34 @@ async fn http_export(
         }
         return resp;
     }
-    let gzipped = headers
+    let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.eq_ignore_ascii_case("gzip"))
-        .unwrap_or(false);
-    let body = if gzipped {
-        let mut out = Vec::new();
-        if let Err(e) = flate2::read::GzDecoder::new(body.reader()).read_to_end(&mut out) {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("backend: bad gzip body: {e}"),
-            )
-                .into_response();
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let body = match encoding.as_str() {
+        "gzip" => {
+            let mut out = Vec::new();
+            if let Err(e) = flate2::read::GzDecoder::new(body.reader()).read_to_end(&mut out) {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("backend: bad gzip body: {e}"),
+                )
+                    .into_response();
+            }
+            Bytes::from(out)
         }
-        Bytes::from(out)
-    } else {
-        body
+        "zstd" => match zstd::stream::decode_all(body.reader()) {
+            Ok(out) => Bytes::from(out),
+            Err(e) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("backend: bad zstd body: {e}"),
+                )
+                    .into_response()
+            }
+        },
+        _ => body,
     };
     let (transport, request, raw) = if is_json {
         match serde_json::from_slice::<ExportTraceServiceRequest>(&body) {

@@ -23,6 +23,7 @@ pub mod dns;
 pub mod interop;
 pub mod process;
 pub mod redis;
+pub mod tls;
 pub mod traces;
 
 pub use backend::{
