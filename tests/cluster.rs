@@ -504,3 +504,195 @@ async fn the_queued_share_of_a_peer_removed_from_membership_reaches_the_new_owne
     stop_all(nodes).await;
     assert_all_arrived_whole(&assert_once_with_one_decision(&backend), &sent);
 }
+
+/// Polls `node`'s cluster view until `check` holds, panicking with `what` after `within`.
+async fn wait_for_view(
+    node: &TailsiftProcess,
+    within: Duration,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let view = cluster_json(node).await;
+        if check(&view) {
+            return view;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} not seen within {within:?}: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_spans_that_reach_a_node_which_became_the_owner_after_the_decision_follow_it() {
+    let backend = RecordingBackend::start().await;
+    let ports = free_ports(3);
+    let (a, b, c) = (ports[0], ports[1], ports[2]);
+    // A and B form the cluster; C already lists all three and waits to be added.
+    let sections = [
+        static_section(a, &[a, b]),
+        static_section(b, &[a, b]),
+        static_section(c, &ports),
+    ];
+    let nodes = start_nodes(backend.grpc_addr(), &default_rules(), &sections).await;
+    let mut rng = Lcg(0xDEC1DE);
+    let mut late = Vec::new();
+    let mut sent: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut per_node: Vec<Vec<ResourceSpans>> = vec![Vec::new(); 2];
+    for i in 0..150u64 {
+        let id = trace_id_from_seed(77_000 + i);
+        // An error trace: kept by the `errors` rule. One child is held back to arrive late.
+        let mut trace = make_trace(id, "initech", 6, true, "/api/items");
+        let held_back = trace.scope_spans[0].spans.remove(3);
+        let ids: BTreeSet<String> = trace.scope_spans[0]
+            .spans
+            .iter()
+            .chain(std::iter::once(&held_back))
+            .map(|s| hex(&s.span_id))
+            .collect();
+        sent.insert(hex(&id), ids);
+        let mut late_part = trace.clone();
+        late_part.scope_spans[0].spans = vec![held_back];
+        late.push(late_part);
+        per_node[rng.below(2)].push(trace);
+    }
+    for (node, parts) in nodes[..2].iter().zip(per_node) {
+        for chunk in parts.chunks(25) {
+            send_grpc(node.grpc, make_request(chunk.to_vec()))
+                .await
+                .expect("request acknowledged");
+        }
+    }
+    backend.wait_for_spans(150 * 5, WAIT).await;
+    let decided_at = tokio::time::Instant::now();
+
+    // C joins: A and B re-read their peers and hand C the decisions for the traces it owns now.
+    for (node, port) in nodes[..2].iter().zip([a, b]) {
+        std::fs::write(
+            node.config_path(),
+            node_config(
+                backend.grpc_addr(),
+                &default_rules(),
+                &static_section(port, &ports),
+            ),
+        )
+        .expect("rewrite config");
+        node.sighup();
+    }
+    let view = wait_for_view(
+        &nodes[2],
+        Duration::from_secs(5),
+        "decisions handed to C",
+        |v| v["handoff_decisions_received"].as_u64().unwrap_or(0) > 0,
+    )
+    .await;
+    let handed = view["handoff_decisions_received"].as_u64().unwrap_or(0);
+    assert!(
+        (20..=100).contains(&handed),
+        "C owns about a third of the 150 traces: {view}"
+    );
+    for n in &nodes[..2] {
+        wait_for_members(n, &sorted_peer_addrs(&ports), Duration::from_secs(5)).await;
+    }
+
+    // Five seconds after the decisions, the late spans arrive at A and B.
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(decided_at.elapsed())).await;
+    for chunk in late.chunks(25) {
+        let target = nodes[rng.below(2)].grpc;
+        send_grpc(target, make_request(chunk.to_vec()))
+            .await
+            .expect("late spans acknowledged");
+    }
+    backend.wait_for_spans(150 * 6, WAIT).await;
+    backend
+        .assert_span_count_stays(150 * 6, Duration::from_millis(1_500))
+        .await;
+    stop_all(nodes).await;
+    let by_trace = assert_once_with_one_decision(&backend);
+    assert_all_arrived_whole(&by_trace, &sent);
+    for (trace, spans) in &by_trace {
+        for s in spans {
+            assert_eq!(
+                s.attr_str("tailsift.rule"),
+                Some("errors"),
+                "trace {trace}: a late span followed another decision"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_leaves_with_sigterm_under_load_hands_every_trace_to_the_others() {
+    let backend = RecordingBackend::start().await;
+    let ports = free_ports(3);
+    let sections: Vec<String> = ports.iter().map(|p| static_section(*p, &ports)).collect();
+    let mut nodes = start_nodes(backend.grpc_addr(), &default_rules(), &sections).await;
+    let all: Vec<SocketAddr> = nodes.iter().map(|n| n.grpc).collect();
+    let mut rng = Lcg(0x1EAF);
+    let mut sent = Sent::default();
+    for r in 0..3 {
+        let s = send_spread(&all, 300 + r, 200, &mut rng).await;
+        sent.spans.extend(s.spans);
+        sent.must_keep.extend(s.must_keep);
+        sent.rest.extend(s.rest);
+    }
+    // Node 2 holds the traces of the last round (root grace 1 s) when it is told to stop;
+    // the others keep receiving meanwhile.
+    let leaver = nodes.pop().expect("node 2");
+    leaver.sigterm();
+    let survivors: Vec<SocketAddr> = nodes.iter().map(|n| n.grpc).collect();
+    for r in 0..3 {
+        let s = send_spread(&survivors, 400 + r, 200, &mut rng).await;
+        sent.spans.extend(s.spans);
+        sent.must_keep.extend(s.must_keep);
+        sent.rest.extend(s.rest);
+    }
+    let mut leaver = leaver;
+    let status = leaver.wait_exit(WAIT).await;
+    let log = leaver.log();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("everything this node held is with its new owners"),
+        "the leaver handed everything over:\n{log}"
+    );
+    assert!(!log.contains("deciding the rest here"), "{log}");
+
+    let kept_rest = rest_kept(&sent.rest);
+    let expected: BTreeSet<String> = sent.must_keep.union(&kept_rest).cloned().collect();
+    backend.wait_for_spans(expected.len() * 6, WAIT).await;
+    backend
+        .assert_span_count_stays(expected.len() * 6, Duration::from_millis(1_500))
+        .await;
+    let view = cluster_json(&nodes[0]).await;
+    assert_eq!(
+        view["members"],
+        serde_json::json!(sorted_peer_addrs(&ports[..2])),
+        "the survivors route around the leaver at once: {view}"
+    );
+    let received: u64 = {
+        let mut total = 0;
+        for n in &nodes {
+            total += cluster_json(n).await["handoff_traces_received"]
+                .as_u64()
+                .unwrap_or(0);
+        }
+        total
+    };
+    assert!(received > 0, "the leaver handed buffered traces over");
+    stop_all(nodes).await;
+    let by_trace = assert_once_with_one_decision(&backend);
+    let got: BTreeSet<String> = by_trace.keys().cloned().collect();
+    assert_eq!(
+        got, expected,
+        "exactly the must-keep and consistently sampled traces"
+    );
+    let whole: BTreeMap<String, BTreeSet<String>> = sent
+        .spans
+        .into_iter()
+        .filter(|(t, _)| expected.contains(t))
+        .collect();
+    assert_all_arrived_whole(&by_trace, &whole);
+}

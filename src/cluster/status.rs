@@ -75,6 +75,8 @@ pub struct QueueReport {
     pub rerouted_spans: u64,
     /// Buffered traces handed to the peer.
     pub handoff_traces: u64,
+    /// Remembered decisions handed to the peer.
+    pub handoff_decisions: u64,
 }
 
 /// The whole report (`GET /api/v1/cluster`).
@@ -97,6 +99,12 @@ pub struct ClusterReport {
     pub received_from_peers_spans: u64,
     /// Traces handed over to this node.
     pub handoff_traces_received: u64,
+    /// Remembered decisions handed over to this node.
+    pub handoff_decisions_received: u64,
+    /// Members that announced their leave and are left out until they are back.
+    pub departed: Vec<String>,
+    /// This node is leaving (SIGTERM): it owns nothing any more.
+    pub leaving: bool,
     /// Retried batches recognised and held once.
     pub duplicate_batches: u64,
     /// Batches refused (buffer full; the sender retries).
@@ -183,6 +191,7 @@ impl ClusterStatus {
                 retries: q.counters.retries.load(Relaxed),
                 rerouted_spans: q.counters.rerouted_spans.load(Relaxed),
                 handoff_traces: q.counters.handoff_traces.load(Relaxed),
+                handoff_decisions: q.counters.handoff_decisions.load(Relaxed),
             })
             .collect();
         forward_queues.sort_by(|a, b| a.peer.cmp(&b.peer));
@@ -195,6 +204,9 @@ impl ClusterStatus {
             forward_queues,
             received_from_peers_spans: self.intake.spans_received.load(Relaxed),
             handoff_traces_received: self.intake.handoff_traces.load(Relaxed),
+            handoff_decisions_received: self.intake.handoff_decisions.load(Relaxed),
+            departed: self.membership.departed(),
+            leaving: self.membership.is_leaving(),
             duplicate_batches: self.intake.duplicate_batches.load(Relaxed),
             refused_batches: self.intake.refused_batches.load(Relaxed),
             consistent,
@@ -217,7 +229,7 @@ impl ClusterStatus {
             provider.errors,
         );
         let queues = (self.queues)();
-        let series: [Series; 7] = [
+        let series: [Series; 8] = [
             (
                 "tailsift_peer_forwarded_spans_total",
                 "counter",
@@ -249,6 +261,12 @@ impl ClusterStatus {
                 |q| q.counters.handoff_traces.load(Relaxed) as i64,
             ),
             (
+                "tailsift_peer_handoff_decisions_total",
+                "counter",
+                "Remembered decisions handed to each peer after membership changes",
+                |q| q.counters.handoff_decisions.load(Relaxed) as i64,
+            ),
+            (
                 "tailsift_peer_queue_bytes",
                 "gauge",
                 "Bytes reserved or queued for each peer",
@@ -277,10 +295,12 @@ impl ClusterStatus {
             out,
             "# HELP tailsift_peer_received_spans_total Spans held from peers\n# TYPE tailsift_peer_received_spans_total counter\ntailsift_peer_received_spans_total {}\n\
              # HELP tailsift_peer_received_handoff_traces_total Traces handed over to this node\n# TYPE tailsift_peer_received_handoff_traces_total counter\ntailsift_peer_received_handoff_traces_total {}\n\
+             # HELP tailsift_peer_received_handoff_decisions_total Remembered decisions handed over to this node\n# TYPE tailsift_peer_received_handoff_decisions_total counter\ntailsift_peer_received_handoff_decisions_total {}\n\
              # HELP tailsift_peer_duplicate_batches_total Retried batches recognised and held once\n# TYPE tailsift_peer_duplicate_batches_total counter\ntailsift_peer_duplicate_batches_total {}\n\
              # HELP tailsift_peer_refused_batches_total Batches from peers refused while the buffer was full (retried by the peer)\n# TYPE tailsift_peer_refused_batches_total counter\ntailsift_peer_refused_batches_total {}\n",
             i.spans_received.load(Relaxed),
             i.handoff_traces.load(Relaxed),
+            i.handoff_decisions.load(Relaxed),
             i.duplicate_batches.load(Relaxed),
             i.refused_batches.load(Relaxed),
         );
