@@ -696,3 +696,179 @@ async fn a_node_that_leaves_with_sigterm_under_load_hands_every_trace_to_the_oth
         .collect();
     assert_all_arrived_whole(&by_trace, &whole);
 }
+
+/// The nodes clients can reach now, as a balancer sees them.
+type Live = std::sync::Arc<std::sync::Mutex<Vec<SocketAddr>>>;
+
+/// Sends `request` to a live node, and on a refusal to the next one, as an OTLP client behind
+/// a balancer retries; `true` once one acknowledged it.
+async fn send_balanced(live: &Live, request: ExportTraceServiceRequest, pick: usize) -> bool {
+    for attempt in 0..6 {
+        let targets = live.lock().unwrap().clone();
+        if targets.is_empty() {
+            return false;
+        }
+        let target = targets[(pick + attempt) % targets.len()];
+        if send_grpc(target, request.clone()).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Like [`send_spread`], to whatever nodes are live at each request, retrying refusals on
+/// another node; returns what was sent and the traces some part of which was never
+/// acknowledged.
+async fn send_spread_balanced(
+    live: &Live,
+    seed: u64,
+    n: usize,
+    rng: &mut Lcg,
+) -> (Sent, BTreeSet<String>) {
+    let mut sent = Sent::default();
+    let mut phases: Vec<Vec<(String, ResourceSpans)>> = vec![Vec::new(), Vec::new()];
+    for i in 0..n {
+        let id = trace_id_from_seed(seed * 1_000_003 + i as u64);
+        let error = i % 7 == 0;
+        let tenant = if i % 5 == 0 { "acme" } else { "initech" };
+        let trace = make_trace(id, tenant, 6, error, "/api/items");
+        let ids: BTreeSet<String> = trace.scope_spans[0]
+            .spans
+            .iter()
+            .map(|s| hex(&s.span_id))
+            .collect();
+        sent.spans.insert(hex(&id), ids);
+        if error || tenant == "acme" {
+            sent.must_keep.insert(hex(&id));
+        } else {
+            sent.rest.insert(id);
+        }
+        for (p, part) in split_spans(&trace, 3).into_iter().enumerate() {
+            phases[usize::from(p == 0)].push((hex(&id), part));
+        }
+    }
+    let mut unacked = BTreeSet::new();
+    for phase in phases {
+        for chunk in phase.chunks(20) {
+            let request = make_request(chunk.iter().map(|(_, p)| p.clone()).collect());
+            if !send_balanced(live, request, rng.below(16)).await {
+                unacked.extend(chunk.iter().map(|(t, _)| t.clone()));
+            }
+        }
+    }
+    (sent, unacked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_out_two_to_four_and_back_in_under_load_tears_no_trace() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let backend = RecordingBackend::start().await;
+    let ports = free_ports(4);
+    let section = |i: usize| redis_section(ports[i], &redis.url());
+    let mut nodes = start_nodes(
+        backend.grpc_addr(),
+        &default_rules(),
+        &[section(0), section(1)],
+    )
+    .await;
+    for n in &nodes {
+        wait_for_members(n, &sorted_peer_addrs(&ports[..2]), Duration::from_secs(5)).await;
+    }
+    let live: Live = std::sync::Arc::new(std::sync::Mutex::new(
+        nodes.iter().map(|n| n.grpc).collect(),
+    ));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let live = live.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut rng = Lcg(0x5CA1E);
+            let mut all = Sent::default();
+            let mut unacked = BTreeSet::new();
+            let mut round = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (s, u) = send_spread_balanced(&live, 500 + round, 60, &mut rng).await;
+                all.spans.extend(s.spans);
+                all.must_keep.extend(s.must_keep);
+                all.rest.extend(s.rest);
+                unacked.extend(u);
+                round += 1;
+            }
+            (all, unacked)
+        })
+    };
+    let config = |i: usize| node_config(backend.grpc_addr(), &default_rules(), &section(i));
+    // Scale out: 2 → 3 → 4, each joining under load.
+    for i in 2..4 {
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let node = TailsiftProcess::start(&config(i)).await;
+        live.lock().unwrap().push(node.grpc);
+        nodes.push(node);
+        for n in &nodes {
+            wait_for_members(n, &sorted_peer_addrs(&ports[..=i]), Duration::from_secs(5)).await;
+        }
+    }
+    // Scale in: 4 → 3 → 2 by SIGTERM; the balancer stops sending to a node as it goes.
+    let mut leavers = Vec::new();
+    for i in (2..4).rev() {
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let mut node = nodes.pop().expect("node");
+        live.lock().unwrap().retain(|a| *a != node.grpc);
+        node.sigterm();
+        let status = node.wait_exit(WAIT).await;
+        assert!(status.success(), "{}", node.log());
+        for n in &nodes {
+            wait_for_members(n, &sorted_peer_addrs(&ports[..i]), Duration::from_secs(2)).await;
+        }
+        leavers.push(node);
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, unacked) = load.await.expect("load");
+    assert!(
+        unacked.is_empty(),
+        "every request found a live node: {} traces unacknowledged",
+        unacked.len()
+    );
+
+    let kept_rest = rest_kept(&sent.rest);
+    let expected: BTreeSet<String> = sent.must_keep.union(&kept_rest).cloned().collect();
+    backend.wait_for_spans(expected.len() * 6, WAIT).await;
+    backend
+        .assert_span_count_stays(expected.len() * 6, Duration::from_millis(1_500))
+        .await;
+    let mut handed = 0;
+    for n in &nodes {
+        handed += cluster_json(n).await["handoff_traces_received"]
+            .as_u64()
+            .unwrap_or(0);
+    }
+    for l in &leavers {
+        let log = l.log();
+        assert!(
+            log.contains("everything this node held is with its new owners"),
+            "a leaver handed everything over:\n{log}"
+        );
+    }
+    eprintln!(
+        "scale test: {} traces sent, {} expected at the backend, {handed} traces handed over to the two survivors",
+        sent.spans.len(),
+        expected.len()
+    );
+    stop_all(nodes).await;
+    let by_trace = assert_once_with_one_decision(&backend);
+    let got: BTreeSet<String> = by_trace.keys().cloned().collect();
+    assert_eq!(
+        got, expected,
+        "exactly the must-keep and consistently sampled traces"
+    );
+    let whole: BTreeMap<String, BTreeSet<String>> = sent
+        .spans
+        .into_iter()
+        .filter(|(t, _)| expected.contains(t))
+        .collect();
+    assert_all_arrived_whole(&by_trace, &whole);
+}
