@@ -873,14 +873,15 @@ async fn scaling_out_two_to_four_and_back_in_under_load_tears_no_trace() {
     assert_all_arrived_whole(&by_trace, &whole);
 }
 
-/// Runs the balanced load until `stop`, returning what was sent and what was not acknowledged.
-fn start_load(
-    live: &Live,
-    seed: u64,
-) -> (
+/// A running balanced load: set the flag to stop it; the task returns what was sent, round
+/// by round, and the traces not acknowledged.
+type Load = (
     std::sync::Arc<std::sync::atomic::AtomicBool>,
     tokio::task::JoinHandle<(Vec<Sent>, BTreeSet<String>)>,
-) {
+);
+
+/// Runs the balanced load until stopped.
+fn start_load(live: &Live, seed: u64) -> Load {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let task = {
         let live = live.clone();

@@ -223,7 +223,7 @@ impl MembershipHandle {
         let leaving = self.leaving.load(Relaxed);
         let effective: Vec<String> = provided
             .into_iter()
-            .filter(|a| !departed.contains(a) && !(leaving && *a == self.me))
+            .filter(|a| !(departed.contains(a) || (leaving && *a == self.me)))
             .collect();
         self.store(effective);
     }

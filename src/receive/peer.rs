@@ -110,11 +110,15 @@ struct Inner {
     accepting: AtomicBool,
     max_request_bytes: usize,
     info: Arc<dyn Fn() -> InfoResponse + Send + Sync>,
-    announce: Arc<dyn Fn(&str, bool) + Send + Sync>,
+    announce: Announce,
 }
+
+/// What the node does when a peer announces it is leaving (`true`) or back (`false`).
+pub type Announce = Arc<dyn Fn(&str, bool) + Send + Sync>;
 
 impl PeerService {
     /// A service holding forwarded spans through `router`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         router: Router,
         reserved_attributes: Vec<String>,
@@ -123,7 +127,7 @@ impl PeerService {
         counters: Arc<PeerIntakeCounters>,
         max_request_bytes: usize,
         info: Arc<dyn Fn() -> InfoResponse + Send + Sync>,
-        announce: Arc<dyn Fn(&str, bool) + Send + Sync>,
+        announce: Announce,
     ) -> Self {
         PeerService {
             inner: Arc::new(Inner {
