@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
 use crate::buffer::{self, KeptSink, Limits};
+use crate::cluster::fanout::{Fanout, DRIFT_CHECK_EVERY, PEER_TIMEOUT};
 use crate::cluster::forward::{PeerIntakeCounters, SenderSettings};
 use crate::cluster::membership::MembershipHandle;
 use crate::cluster::peer::InfoResponse;
@@ -147,6 +148,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     drop(intake);
 
+    // The admin listener is bound first: the peers learn its address through Peer/Info.
+    let admin_listener = bind(config.admin.listen, "admin.listen").await?;
+    let admin_addr = admin_listener.local_addr()?;
+
     // route (and, in a cluster, membership, forwarding and the peer listener)
     let cluster = match &config.cluster {
         Some(cc) => Some(
@@ -158,6 +163,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 &rules,
                 &samplers,
                 &stop_rx,
+                admin_addr,
             )
             .await?,
         ),
@@ -189,10 +195,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     ));
     let grpc_listener = bind(config.receive.grpc_listen, "receive.grpc_listen").await?;
     let http_listener = bind(config.receive.http_listen, "receive.http_listen").await?;
-    let admin_listener = bind(config.admin.listen, "admin.listen").await?;
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
-    let admin_addr = admin_listener.local_addr()?;
 
     let grpc = {
         let mut stop = stop_rx.clone();
@@ -236,6 +240,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         })
     };
     let ready = Arc::new(AtomicBool::new(true));
+    let fanout = cluster.as_ref().map(|c| c.status.fanout.clone());
     let admin_task = {
         let mut stop = stop_rx.clone();
         let app = admin::router(AdminState {
@@ -252,6 +257,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .merge(admin::tenants::router(admin::tenants::TenantApi {
             stats: stats.clone(),
             traces: Arc::new(router),
+            fanout: fanout.clone(),
         }));
         tokio::spawn(async move {
             // The admin API stays up until the very end, so shutdown can be watched.
@@ -263,6 +269,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 .await;
         })
     };
+
+    // A node that was down while a tag changed catches up from a peer that answers.
+    if let Some(fanout) = fanout {
+        let tags = tags.clone();
+        tokio::spawn(async move { fanout.copy_tags(&tags).await });
+    }
 
     let peer_addr = cluster.as_ref().map(|c| c.peer_addr);
     let reread_peers = cluster.as_ref().and_then(|c| c.reread_peers.clone());
@@ -368,6 +380,7 @@ async fn start_cluster(
     rules: &Arc<LiveRules>,
     samplers: &Arc<SamplerBoard>,
     stop_rx: &watch::Receiver<bool>,
+    admin_addr: SocketAddr,
 ) -> anyhow::Result<ClusterParts> {
     let me = cc.advertise_address();
     let initial = match cc.membership {
@@ -404,11 +417,13 @@ async fn start_cluster(
         let rules = rules.clone();
         let membership = membership.clone();
         let me = me.clone();
+        let admin = crate::cluster::fanout::reachable_admin(admin_addr, &me);
         Arc::new(move || InfoResponse {
             advertise: me.clone(),
             rules_hash: format!("{:016x}", rules.snapshot().source_hash()),
             members: membership.current().addrs().to_vec(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            admin: admin.clone(),
         })
     };
     let keys_reserved = AnnotationKeys {
@@ -510,6 +525,13 @@ async fn start_cluster(
             }
         })
     };
+    let fanout = Fanout::new(membership.clone(), PEER_TIMEOUT);
+    // Ends with the stop signal; nothing waits for it at shutdown.
+    tokio::spawn(
+        fanout
+            .clone()
+            .watch_drift(info.clone(), DRIFT_CHECK_EVERY, stop_rx.clone()),
+    );
     let status = Arc::new(ClusterStatus {
         kind: cc.membership,
         membership,
@@ -519,6 +541,7 @@ async fn start_cluster(
         },
         intake,
         info,
+        fanout,
     });
     Ok(ClusterParts {
         router,
