@@ -74,7 +74,8 @@ enum RulesCommand {
 
 #[derive(Subcommand)]
 enum TenantsCommand {
-    /// Keep every trace of a tenant, above the rules file (optionally for a while).
+    /// Keep every trace of a tenant, above the rules file (optionally for a while); in a
+    /// cluster the node applies it on every member.
     Tag {
         /// The tenant id.
         tenant: String,
@@ -82,7 +83,7 @@ enum TenantsCommand {
         #[arg(long = "for")]
         duration: Option<String>,
     },
-    /// Remove a tenant's tag.
+    /// Remove a tenant's tag (in a cluster, on every member).
     Untag {
         /// The tenant id.
         tenant: String,
@@ -247,6 +248,16 @@ fn tenants(admin: &str, command: TenantsCommand) -> ExitCode {
         let why = json["error"].as_str().unwrap_or(answer.body.trim());
         eprintln!("error: {} ({})", why, answer.status);
         return ExitCode::FAILURE;
+    }
+    // In a cluster the answer lists every member; say which ones the change did not reach.
+    for node in json["nodes"].as_array().into_iter().flatten() {
+        if node["answered"] != true || node["status"] != 200 {
+            eprintln!(
+                "warning: member {} did not apply the change: {} (it catches up when it restarts)",
+                node["address"].as_str().unwrap_or("?"),
+                node["error"].as_str().unwrap_or("no answer")
+            );
+        }
     }
     match command {
         TenantsCommand::Tag { tenant, .. } => match json["expires_in_seconds"].as_u64() {

@@ -145,9 +145,20 @@ async fn a_tag_set_on_one_node_keeps_the_tenants_traces_received_on_every_other_
         assert_eq!(spans[0].attr_str("tailsift.rule"), Some("tenant-tag"));
     }
 
-    // Untagging on C removes the tag everywhere.
-    let reply = admin_send(&nodes[2], "DELETE", "/api/v1/tenants/acme/tag", "").await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
+    // `tailsift tenants untag` on C removes the tag everywhere.
+    let admin = format!("http://{}", nodes[2].admin);
+    let out = run_tailsift(
+        &["tenants", "--admin", &admin, "untag", "acme"],
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(out.stdout.contains("untagged acme"), "{}", out.stdout);
+    assert!(
+        !out.stderr.contains("warning"),
+        "every member applied it: {}",
+        out.stderr
+    );
     for node in &nodes {
         let tags = admin_get(node, "/api/v1/tenant-tags").await;
         assert_eq!(tags["tags"], serde_json::json!([]), "{tags}");

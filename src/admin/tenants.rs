@@ -512,3 +512,36 @@ fn trace_json(id: TraceId, status: &TraceStatus) -> Value {
 async fn dashboard() -> Response {
     ([(header::CACHE_CONTROL, "no-cache")], Html(DASHBOARD)).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_totals_add_every_nodes_counts_and_recompute_the_rates() {
+        let a = json!({"tenants": [
+            {"tenant": "acme", "traces_received": 3, "traces_decided": 2, "traces_kept": 1,
+             "spans_received": 9, "spans_decided": 6, "spans_kept": 3, "spans_exported": 3,
+             "top_rules": [{"rule": "rest", "traces_decided": 2, "traces_kept": 1}]},
+        ]});
+        let b = json!({"tenants": [
+            {"tenant": "acme", "traces_received": 1, "traces_decided": 2, "traces_kept": 2,
+             "spans_received": 4, "spans_decided": 4, "spans_kept": 4, "spans_exported": 4,
+             "top_rules": [{"rule": "rest", "traces_decided": 1, "traces_kept": 1},
+                           {"rule": "errors", "traces_decided": 1, "traces_kept": 1}]},
+            {"tenant": "globex", "spans_received": 20},
+        ]});
+        let mut rows = merge_lists(&[a, b]);
+        sort_rows(&mut rows, "volume");
+        assert_eq!(rows[0]["tenant"], "globex");
+        let acme = &rows[1];
+        assert_eq!(acme["traces_received"], 4);
+        assert_eq!(acme["traces_decided"], 4);
+        assert_eq!(acme["spans_exported"], 7);
+        assert_eq!(acme["trace_keep_rate"], 0.75);
+        assert_eq!(acme["span_keep_rate"], 0.7);
+        assert_eq!(acme["top_rules"][0]["rule"], "rest");
+        assert_eq!(acme["top_rules"][0]["traces_decided"], 3);
+        assert_eq!(rows[0]["trace_keep_rate"], Value::Null);
+    }
+}
