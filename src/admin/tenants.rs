@@ -79,13 +79,14 @@ const SUMMED: [&str; 10] = [
     "late_spans",
 ];
 
+/// One tenant's cluster row while lists are added: the summed fields, and per rule
+/// (traces decided, traces kept).
+type MergedRow = (serde_json::Map<String, Value>, HashMap<String, (u64, u64)>);
+
 /// Adds several nodes' tenant lists (`GET /api/v1/tenants` answers) into cluster totals:
 /// counts summed, keep rates recomputed from the sums, the nodes' top rules merged.
 fn merge_lists(lists: &[Value]) -> Vec<serde_json::Map<String, Value>> {
-    let mut tenants: std::collections::BTreeMap<
-        String,
-        (serde_json::Map<String, Value>, HashMap<String, (u64, u64)>),
-    > = Default::default();
+    let mut tenants: std::collections::BTreeMap<String, MergedRow> = Default::default();
     for list in lists {
         for t in list["tenants"].as_array().into_iter().flatten() {
             let Some(name) = t["tenant"].as_str() else {
@@ -268,7 +269,7 @@ async fn list(State(api): State<TenantApi>, Query(q): Query<HashMap<String, Stri
         // A single node's cluster is itself: scope=cluster answers as local.
         return match local {
             Ok(v) => Json(v).into_response(),
-            Err(r) => r,
+            Err(e) => bad_request(e),
         };
     };
     let path = format!("/api/v1/tenants?window={}&scope=local", window.as_str());
@@ -312,7 +313,7 @@ fn local_list(
     api: &TenantApi,
     window: Window,
     q: &HashMap<String, String>,
-) -> Result<Value, Response> {
+) -> Result<Value, String> {
     let now = unix_now();
     let mut tenants = api.stats.tenants.snapshot(window, now);
     // A tenant with nothing in a short window is still listed (with zeros): it exists.
@@ -334,9 +335,9 @@ fn local_list(
                 .then_with(|| a.0.cmp(&b.0))
         }),
         other => {
-            return Err(bad_request(format!(
+            return Err(format!(
                 "unknown sort {other:?}: use volume, name, keep_rate or dropped"
-            )))
+            ))
         }
     }
     let rows: Vec<Value> = tenants
