@@ -417,7 +417,10 @@ async fn start_cluster(
         let rules = rules.clone();
         let membership = membership.clone();
         let me = me.clone();
-        let admin = crate::cluster::fanout::reachable_admin(admin_addr, &me);
+        let admin = crate::cluster::fanout::reachable_admin(admin_addr, &me).unwrap_or_else(|| {
+            tracing::warn!(admin = %admin_addr, advertise = %me, "the admin API listens on loopback only: the other members cannot reach it, so cluster-wide admin requests (scope=cluster, tag propagation) skip this node; set [admin] listen to an address they reach");
+            String::new()
+        });
         Arc::new(move || InfoResponse {
             advertise: me.clone(),
             rules_hash: format!("{:016x}", rules.snapshot().source_hash()),

@@ -447,3 +447,76 @@ async fn a_node_restarted_after_a_tag_change_gets_the_tag_from_its_peers() {
     let ids = send_traces(&[restarted.grpc], "acme", 9, 10).await;
     backend.wait_for_spans(ids.len() * 4, WAIT).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_member_is_reported_as_silent_without_holding_up_the_answer() {
+    let backend = RecordingBackend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write_file(dir.path(), "rules.toml", KEEP_ALL_RULES);
+    let (nodes, ports) = cluster_of(3, &backend, &rules).await;
+    send_traces(&[nodes[0].grpc], "acme", 7, 5).await;
+    nodes[2].signal("STOP");
+
+    let started = tokio::time::Instant::now();
+    let cluster = admin_get(&nodes[0], "/api/v1/tenants?window=all&scope=cluster").await;
+    let took = started.elapsed();
+    let tag = admin_send(&nodes[1], "PUT", "/api/v1/tenants/acme/tag", "{}").await;
+    let tag_took = started.elapsed() - took;
+    nodes[2].signal("CONT");
+
+    // Each member gets 2 s; the frozen one is named, the others' counts are there.
+    assert!(
+        took < Duration::from_secs(3),
+        "the cluster answer took {took:?}"
+    );
+    assert!(
+        tag_took < Duration::from_secs(3),
+        "the tag answer took {tag_took:?}"
+    );
+    let silent: Vec<&str> = cluster["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["answered"] == false)
+        .filter_map(|n| n["address"].as_str())
+        .collect();
+    assert_eq!(silent, vec![peer_addr(ports[2]).as_str()], "{cluster}");
+    assert_eq!(cluster["nodes_answered"], 2, "{cluster}");
+    assert_eq!(tag.status, 200, "{}", tag.text());
+    let tag = json_of(tag).await;
+    let missed = tag["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["answered"] == false)
+        .count();
+    assert_eq!(missed, 1, "{tag}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_single_node_the_cluster_scope_answers_as_the_local_one() {
+    let backend = RecordingBackend::start().await;
+    let node = TailsiftProcess::start_with_rules(backend.grpc_addr(), KEEP_ALL_RULES).await;
+    send_traces(&[node.grpc], "acme", 8, 5).await;
+    backend.wait_for_spans(20, WAIT).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut local = admin_get(&node, "/api/v1/tenants?window=all").await;
+        let mut cluster = admin_get(&node, "/api/v1/tenants?window=all&scope=cluster").await;
+        local["now_unix"] = Value::Null;
+        cluster["now_unix"] = Value::Null;
+        if local == cluster {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{cluster} != {local}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reply = admin_send(&node, "POST", "/api/v1/rules/reload?scope=cluster", "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(json_of(reply).await, serde_json::json!({"reloaded": true}));
+    let reply = http_get(node.admin, "/api/v1/tenants?scope=everywhere").await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+}

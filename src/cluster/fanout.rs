@@ -39,8 +39,9 @@ pub enum FanoutError {
     /// `Peer/Info` failed, so its admin address is unknown.
     #[error("peer protocol: {0}")]
     Info(#[from] ForwardError),
-    /// The member answered `Peer/Info` without an admin address (a version before the field).
-    #[error("the member did not tell its admin address (it runs an older version)")]
+    /// The member answered `Peer/Info` without an admin address: its admin API listens on
+    /// loopback only, or it runs a version before the field.
+    #[error("the member has no admin address the others can reach (its admin.listen is a loopback address, or it runs an older version)")]
     NoAdmin,
     /// The admin request failed.
     #[error("{0}")]
@@ -331,16 +332,27 @@ impl RulesDrift {
 }
 
 /// The admin address the other members can reach: `listen`, with an unspecified IP
-/// (0.0.0.0, ::) replaced by the host part of this node's advertise address.
-pub fn reachable_admin(listen: std::net::SocketAddr, advertise: &str) -> String {
-    if !listen.ip().is_unspecified() {
-        return listen.to_string();
-    }
+/// (0.0.0.0, ::) replaced by the host part of this node's advertise address. `None` when the
+/// admin API listens on loopback but the node advertises another host: the others would
+/// reach their own admin API at that address, not this node's.
+pub fn reachable_admin(listen: std::net::SocketAddr, advertise: &str) -> Option<String> {
     let host = match advertise.rsplit_once(':') {
         Some((host, _port)) if !host.is_empty() => host,
         _ => advertise,
     };
-    format!("{host}:{}", listen.port())
+    if listen.ip().is_unspecified() {
+        return Some(format!("{host}:{}", listen.port()));
+    }
+    let advertised_loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if listen.ip().is_loopback() && !advertised_loopback {
+        return None;
+    }
+    Some(listen.to_string())
 }
 
 #[cfg(test)]
@@ -366,15 +378,35 @@ mod tests {
 
     #[test]
     fn an_unspecified_admin_ip_becomes_the_advertised_host() {
-        let any: std::net::SocketAddr = "0.0.0.0:8080".parse().unwrap();
-        assert_eq!(reachable_admin(any, "10.1.2.3:4319"), "10.1.2.3:8080");
+        let at =
+            |listen: &str, advertise: &str| reachable_admin(listen.parse().unwrap(), advertise);
         assert_eq!(
-            reachable_admin(any, "node-2.tailsift:4319"),
-            "node-2.tailsift:8080"
+            at("0.0.0.0:8080", "10.1.2.3:4319").as_deref(),
+            Some("10.1.2.3:8080")
         );
-        let v6: std::net::SocketAddr = "[::]:8080".parse().unwrap();
-        assert_eq!(reachable_admin(v6, "[fd00::7]:4319"), "[fd00::7]:8080");
-        let fixed: std::net::SocketAddr = "127.0.0.1:9000".parse().unwrap();
-        assert_eq!(reachable_admin(fixed, "10.1.2.3:4319"), "127.0.0.1:9000");
+        assert_eq!(
+            at("0.0.0.0:8080", "node-2.tailsift:4319").as_deref(),
+            Some("node-2.tailsift:8080")
+        );
+        assert_eq!(
+            at("[::]:8080", "[fd00::7]:4319").as_deref(),
+            Some("[fd00::7]:8080")
+        );
+        assert_eq!(
+            at("10.9.9.9:9000", "10.1.2.3:4319").as_deref(),
+            Some("10.9.9.9:9000")
+        );
+        assert_eq!(
+            at("127.0.0.1:9000", "127.0.0.1:4319").as_deref(),
+            Some("127.0.0.1:9000")
+        );
+    }
+
+    #[test]
+    fn a_loopback_admin_api_of_a_node_advertising_another_host_is_not_offered() {
+        // The others would reach their own admin API at 127.0.0.1, not this node's.
+        let listen = "127.0.0.1:8080".parse().unwrap();
+        assert_eq!(reachable_admin(listen, "10.1.2.3:4319"), None);
+        assert_eq!(reachable_admin(listen, "node-2.tailsift:4319"), None);
     }
 }
