@@ -369,17 +369,18 @@ fn cluster(admin: &str, raw: bool) -> ExitCode {
     );
     println!();
     println!(
-        "{:<28} {:>7} {:>18} {:>9}  note",
-        "MEMBER", "SHARE", "RULES", "VERSION"
+        "{:<28} {:>7} {:>18} {:>9} {:<28}  note",
+        "MEMBER", "SHARE", "RULES", "VERSION", "ADMIN"
     );
     for m in v["member_details"].as_array().into_iter().flatten() {
         let me = if m["is_self"] == true { " (self)" } else { "" };
         println!(
-            "{:<28} {:>6.1}% {:>18} {:>9}  {}{}",
+            "{:<28} {:>6.1}% {:>18} {:>9} {:<28}  {}{}",
             m["address"].as_str().unwrap_or("?"),
             m["share"].as_f64().unwrap_or(0.0) * 100.0,
             m["rules_hash"].as_str().unwrap_or("-"),
             m["version"].as_str().unwrap_or("-"),
+            m["admin"].as_str().unwrap_or("-"),
             m["error"].as_str().unwrap_or(""),
             me
         );

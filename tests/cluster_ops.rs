@@ -301,6 +301,18 @@ async fn a_trace_looked_up_on_a_node_that_does_not_own_it_shows_the_owners_view(
         }
     }
     assert_eq!(non_owner_answers, ids.len() * 2);
+
+    // Each member's admin address, as it tells it over the peer protocol, is shown.
+    let admin = format!("http://{}", nodes[0].admin);
+    let table = run_tailsift(&["cluster", "--admin", &admin], Duration::from_secs(10)).await;
+    for n in &nodes {
+        assert!(
+            table.stdout.contains(&n.admin.to_string()),
+            "`tailsift cluster` shows {}:\n{}",
+            n.admin,
+            table.stdout
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
