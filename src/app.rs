@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
 use crate::buffer::{self, KeptSink, Limits};
+use crate::cluster::fanout::{Fanout, DRIFT_CHECK_EVERY, PEER_TIMEOUT};
 use crate::cluster::forward::{PeerIntakeCounters, SenderSettings};
 use crate::cluster::membership::MembershipHandle;
 use crate::cluster::peer::InfoResponse;
@@ -152,6 +153,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     drop(intake);
 
+    // The admin listener is bound first: the peers learn its address through Peer/Info.
+    let admin_listener = bind(config.admin.listen, "admin.listen").await?;
+    let admin_addr = admin_listener.local_addr()?;
+
     // route (and, in a cluster, membership, forwarding and the peer listener)
     let cluster = match &config.cluster {
         Some(cc) => Some(
@@ -163,6 +168,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 &rules,
                 &samplers,
                 &stop_rx,
+                admin_addr,
             )
             .await?,
         ),
@@ -194,10 +200,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     ));
     let grpc_listener = bind(config.receive.grpc_listen, "receive.grpc_listen").await?;
     let http_listener = bind(config.receive.http_listen, "receive.http_listen").await?;
-    let admin_listener = bind(config.admin.listen, "admin.listen").await?;
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
-    let admin_addr = admin_listener.local_addr()?;
 
     let grpc = {
         let mut stop = stop_rx.clone();
@@ -241,6 +245,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         })
     };
     let ready = Arc::new(AtomicBool::new(true));
+    let fanout = cluster.as_ref().map(|c| c.status.fanout.clone());
     let admin_task = {
         let mut stop = stop_rx.clone();
         let app = admin::router(AdminState {
@@ -257,6 +262,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .merge(admin::tenants::router(admin::tenants::TenantApi {
             stats: stats.clone(),
             traces: Arc::new(router),
+            fanout: fanout.clone(),
         }));
         tokio::spawn(async move {
             // The admin API stays up until the very end, so shutdown can be watched.
@@ -268,6 +274,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 .await;
         })
     };
+
+    // A node that was down while a tag changed catches up from a peer that answers.
+    if let Some(fanout) = fanout {
+        let tags = tags.clone();
+        tokio::spawn(async move { fanout.copy_tags(&tags).await });
+    }
 
     let peer_addr = cluster.as_ref().map(|c| c.peer_addr);
     let reread_peers = cluster.as_ref().and_then(|c| c.reread_peers.clone());
@@ -384,6 +396,7 @@ async fn start_cluster(
     rules: &Arc<LiveRules>,
     samplers: &Arc<SamplerBoard>,
     stop_rx: &watch::Receiver<bool>,
+    admin_addr: SocketAddr,
 ) -> anyhow::Result<ClusterParts> {
     let me = cc.advertise_address();
     let initial = match cc.membership {
@@ -420,11 +433,16 @@ async fn start_cluster(
         let rules = rules.clone();
         let membership = membership.clone();
         let me = me.clone();
+        let admin = crate::cluster::fanout::reachable_admin(admin_addr, &me).unwrap_or_else(|| {
+            tracing::warn!(admin = %admin_addr, advertise = %me, "the admin API listens on loopback only: the other members cannot reach it, so cluster-wide admin requests (scope=cluster, tag propagation) skip this node; set [admin] listen to an address they reach");
+            String::new()
+        });
         Arc::new(move || InfoResponse {
             advertise: me.clone(),
             rules_hash: format!("{:016x}", rules.snapshot().source_hash()),
             members: membership.current().addrs().to_vec(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            admin: admin.clone(),
         })
     };
     let keys_reserved = AnnotationKeys {
@@ -536,6 +554,13 @@ async fn start_cluster(
             }
         })
     };
+    let fanout = Fanout::new(membership.clone(), PEER_TIMEOUT);
+    // Ends with the stop signal; nothing waits for it at shutdown.
+    tokio::spawn(
+        fanout
+            .clone()
+            .watch_drift(info.clone(), DRIFT_CHECK_EVERY, stop_rx.clone()),
+    );
     let status = Arc::new(ClusterStatus {
         kind: cc.membership,
         membership: membership.clone(),
@@ -545,6 +570,7 @@ async fn start_cluster(
         },
         intake,
         info,
+        fanout,
     });
     Ok(ClusterParts {
         router,

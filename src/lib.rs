@@ -14,6 +14,8 @@
 //! - [`receive`]: OTLP/gRPC and OTLP/HTTP listeners, limits, partial success.
 //! - [`otlp`]: the wire format: reading spans without decoding them, writing them back out.
 //! - [`route`]: which shard owns a trace id; all-or-nothing hand-over with backpressure.
+//! - [`cluster`]: membership, trace-id ownership across nodes, the peer protocol, and the
+//!   fanout that lets one node's admin API answer for every member.
 //! - [`buffer`]: per-shard trace tables, timers, memory budget, decision cache.
 //! - [`decide`] + [`consistent`]: rule verdicts turned into consistent keep/drop decisions.
 //! - [`rules`]: the rules language (a leaf: parses, validates, evaluates).

@@ -74,7 +74,8 @@ enum RulesCommand {
 
 #[derive(Subcommand)]
 enum TenantsCommand {
-    /// Keep every trace of a tenant, above the rules file (optionally for a while).
+    /// Keep every trace of a tenant, above the rules file (optionally for a while); in a
+    /// cluster the node applies it on every member.
     Tag {
         /// The tenant id.
         tenant: String,
@@ -82,7 +83,7 @@ enum TenantsCommand {
         #[arg(long = "for")]
         duration: Option<String>,
     },
-    /// Remove a tenant's tag.
+    /// Remove a tenant's tag (in a cluster, on every member).
     Untag {
         /// The tenant id.
         tenant: String,
@@ -248,6 +249,16 @@ fn tenants(admin: &str, command: TenantsCommand) -> ExitCode {
         eprintln!("error: {} ({})", why, answer.status);
         return ExitCode::FAILURE;
     }
+    // In a cluster the answer lists every member; say which ones the change did not reach.
+    for node in json["nodes"].as_array().into_iter().flatten() {
+        if node["answered"] != true || node["status"] != 200 {
+            eprintln!(
+                "warning: member {} did not apply the change: {} (it catches up when it restarts)",
+                node["address"].as_str().unwrap_or("?"),
+                node["error"].as_str().unwrap_or("no answer")
+            );
+        }
+    }
     match command {
         TenantsCommand::Tag { tenant, .. } => match json["expires_in_seconds"].as_u64() {
             Some(s) => println!(
@@ -358,17 +369,18 @@ fn cluster(admin: &str, raw: bool) -> ExitCode {
     );
     println!();
     println!(
-        "{:<28} {:>7} {:>18} {:>9}  note",
-        "MEMBER", "SHARE", "RULES", "VERSION"
+        "{:<28} {:>7} {:>18} {:>9} {:<28}  note",
+        "MEMBER", "SHARE", "RULES", "VERSION", "ADMIN"
     );
     for m in v["member_details"].as_array().into_iter().flatten() {
         let me = if m["is_self"] == true { " (self)" } else { "" };
         println!(
-            "{:<28} {:>6.1}% {:>18} {:>9}  {}{}",
+            "{:<28} {:>6.1}% {:>18} {:>9} {:<28}  {}{}",
             m["address"].as_str().unwrap_or("?"),
             m["share"].as_f64().unwrap_or(0.0) * 100.0,
             m["rules_hash"].as_str().unwrap_or("-"),
             m["version"].as_str().unwrap_or("-"),
+            m["admin"].as_str().unwrap_or("-"),
             m["error"].as_str().unwrap_or(""),
             me
         );

@@ -28,6 +28,10 @@ pub struct StatsArgs {
     /// Print the API's JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Cluster totals: the node asks every member and adds their counts (the tenant list
+    /// only; on a node without `[cluster]` the same as its own counts).
+    #[arg(long, conflicts_with = "tenant")]
+    pub cluster: bool,
 }
 
 /// Runs the command; prints to stdout, errors to stderr.
@@ -49,7 +53,11 @@ pub fn run(args: StatsArgs) -> ExitCode {
             encode_path_segment(t),
             args.window
         ),
-        None => format!("{base}/api/v1/tenants?window={}&sort=volume", args.window),
+        None => format!(
+            "{base}/api/v1/tenants?window={}&sort=volume{}",
+            args.window,
+            if args.cluster { "&scope=cluster" } else { "" }
+        ),
     };
     let (status, body) = match runtime.block_on(get(&url)) {
         Ok(r) => r,
@@ -215,6 +223,20 @@ fn tenant_table(v: &Value) -> String {
         v["window"].as_str().unwrap_or("?"),
         tenants.len()
     );
+    if let Some(nodes) = v["nodes"].as_array() {
+        let answered = nodes.iter().filter(|n| n["answered"] == true).count();
+        out.push_str(&format!(
+            "cluster totals: {answered} of {} node(s) answered\n",
+            nodes.len()
+        ));
+        for n in nodes.iter().filter(|n| n["answered"] != true) {
+            out.push_str(&format!(
+                "  missing {}: {}\n",
+                n["address"].as_str().unwrap_or("?"),
+                n["error"].as_str().unwrap_or("no answer")
+            ));
+        }
+    }
     out.push_str(&layout(&rows));
     out
 }

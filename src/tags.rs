@@ -199,6 +199,45 @@ impl TagTable {
         Ok(removed)
     }
 
+    /// Takes every tag of `theirs` (another node's list) that this table lacks or holds with an
+    /// older `set_at_unix_ms` (last writer wins); returns how many tags changed. Tags only this
+    /// table holds stay.
+    pub fn merge(
+        &self,
+        theirs: impl IntoIterator<Item = (String, TenantTag)>,
+        now: SystemTime,
+    ) -> Result<usize, TagsError> {
+        let now_ms = unix_ms(now);
+        let mut changed = 0;
+        let theirs: Vec<(String, TenantTag)> = theirs
+            .into_iter()
+            .filter(|(tenant, tag)| !tenant.is_empty() && tenant.len() <= 256 && tag.active(now_ms))
+            .collect();
+        let current = self.snapshot();
+        let newer = |tenant: &String, tag: &TenantTag| {
+            current
+                .tags
+                .get(tenant)
+                .is_none_or(|mine| mine.set_at_unix_ms < tag.set_at_unix_ms)
+        };
+        if !theirs.iter().any(|(t, tag)| newer(t, tag)) {
+            return Ok(0);
+        }
+        self.update(now_ms, |tags| {
+            for (tenant, tag) in theirs {
+                let take = tags
+                    .get(&tenant)
+                    .is_none_or(|mine| mine.set_at_unix_ms < tag.set_at_unix_ms);
+                if take {
+                    tags.insert(tenant, tag);
+                    changed += 1;
+                }
+            }
+        })?;
+        tracing::info!(changed, "tenant tags merged from a peer");
+        Ok(changed)
+    }
+
     /// Copy, change, prune expired entries, persist, swap; concurrent writers take turns.
     fn update(
         &self,
@@ -332,6 +371,44 @@ mod tests {
         let err = TagTable::load(&path).err().unwrap();
         assert!(matches!(err, TagsError::Invalid { .. }), "{err}");
         assert!(err.to_string().contains("delete it"), "{err}");
+    }
+
+    #[test]
+    fn merging_a_peers_tags_takes_the_newer_tag_and_keeps_our_own() {
+        let table = TagTable::in_memory();
+        table.set("ours", None, at(100)).unwrap();
+        table.set("both", None, at(100)).unwrap();
+        let newer = TenantTag {
+            keep_all: true,
+            set_at_unix_ms: unix_ms(at(200)),
+            expires_at_unix_ms: Some(unix_ms(at(900))),
+        };
+        let older = TenantTag {
+            keep_all: true,
+            set_at_unix_ms: unix_ms(at(50)),
+            expires_at_unix_ms: Some(unix_ms(at(60))),
+        };
+        let theirs = vec![
+            ("both".to_string(), newer.clone()),
+            ("theirs".to_string(), newer.clone()),
+            ("ours".to_string(), older),
+        ];
+        assert_eq!(table.merge(theirs.clone(), at(300)).unwrap(), 2);
+        let tags = table.snapshot();
+        assert!(
+            tags.keeps_all("ours", unix_ms(at(1000))),
+            "ours has no expiry"
+        );
+        assert!(
+            !tags.keeps_all("both", unix_ms(at(1000))),
+            "the newer tag expires"
+        );
+        assert!(tags.keeps_all("theirs", unix_ms(at(300))));
+        assert_eq!(
+            table.merge(theirs, at(300)).unwrap(),
+            0,
+            "nothing newer the second time"
+        );
     }
 
     #[test]

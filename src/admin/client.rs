@@ -87,3 +87,16 @@ pub async fn request(
         body: String::from_utf8_lossy(&bytes).into_owned(),
     })
 }
+
+/// Percent-encodes everything but unreserved characters, for one URL path segment (a tenant id).
+pub fn encode_path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Path, State};
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -177,7 +179,61 @@ fn failure_json(f: &ReloadFailure) -> serde_json::Value {
     })
 }
 
-async fn reload(State(s): State<AdminState>) -> Response {
+/// `POST /api/v1/rules/reload[?scope=cluster]`: this node, and with `scope=cluster` every other
+/// member from its own file, each node's result in `nodes`.
+async fn reload(State(s): State<AdminState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let scope = match scope_param(&q, Scope::Local) {
+        Ok(scope) => scope,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let (status, body) = reload_here(&s).await;
+    let Some(fanout) = cluster_fanout(&s, scope) else {
+        return (status, Json(body)).into_response();
+    };
+    let answers = fanout
+        .ask_others(http::Method::POST, "/api/v1/rules/reload?scope=local", None)
+        .await;
+    let mut me = self_node(&s, status);
+    me.insert("reloaded".into(), body["reloaded"].clone());
+    if let Some(e) = body.get("error") {
+        me.insert("error".into(), e.clone());
+    }
+    let mut nodes = vec![serde_json::Value::Object(me)];
+    let (mut refused, mut silent) = (!status.is_success(), false);
+    for a in &answers {
+        let mut summary = a.summary();
+        let reloaded = a.json().and_then(|v| v["reloaded"].as_bool());
+        summary.insert(
+            "reloaded".into(),
+            serde_json::json!(reloaded.unwrap_or(false)),
+        );
+        match reloaded {
+            Some(true) => {}
+            Some(false) => refused = true,
+            None => silent = true,
+        }
+        nodes.push(serde_json::Value::Object(summary));
+    }
+    let status = if refused {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else if silent {
+        StatusCode::BAD_GATEWAY
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        Json(serde_json::json!({
+            "scope": "cluster",
+            "reloaded": status == StatusCode::OK,
+            "nodes": nodes,
+        })),
+    )
+        .into_response()
+}
+
+/// Reloads this node's rules: the status and body of a local reload answer.
+async fn reload_here(s: &AdminState) -> (StatusCode, serde_json::Value) {
     // Reading and compiling the file is blocking work.
     let rules = s.rules.clone();
     if let Some(f) = s.on_reload.clone() {
@@ -185,17 +241,78 @@ async fn reload(State(s): State<AdminState>) -> Response {
     }
     let result = tokio::task::spawn_blocking(move || rules.reload(Trigger::Api)).await;
     match result {
-        Ok(Ok(())) => (StatusCode::OK, Json(serde_json::json!({"reloaded": true}))).into_response(),
+        Ok(Ok(())) => (StatusCode::OK, serde_json::json!({"reloaded": true})),
         Ok(Err(e)) => (
             StatusCode::UNPROCESSABLE_ENTITY,
-            Json(serde_json::json!({"reloaded": false, "error": e.to_string()})),
-        )
-            .into_response(),
-        Err(e) => error(
+            serde_json::json!({"reloaded": false, "error": e.to_string()}),
+        ),
+        Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("reload task failed: {e}"),
+            serde_json::json!({"reloaded": false, "error": format!("reload task failed: {e}")}),
         ),
     }
+}
+
+/// Applies a tag change on every other member (`?scope=local`, so they do not forward it
+/// again); one `nodes` entry per member, this node first.
+async fn propagate(
+    s: &AdminState,
+    fanout: &crate::cluster::fanout::Fanout,
+    method: http::Method,
+    tenant: &str,
+    body: Option<&serde_json::Value>,
+) -> Vec<serde_json::Value> {
+    let path = format!(
+        "/api/v1/tenants/{}/tag?scope=local",
+        client::encode_path_segment(tenant)
+    );
+    let answers = fanout.ask_others(method, &path, body).await;
+    let mut nodes = vec![serde_json::Value::Object(self_node(s, StatusCode::OK))];
+    for a in &answers {
+        if !a.ok() {
+            tracing::warn!(tenant, peer = %a.address, error = ?a.summary().get("error"), "a tag change did not reach a member; it catches up when it restarts");
+        }
+        nodes.push(serde_json::Value::Object(a.summary()));
+    }
+    nodes
+}
+
+/// Where a request's answer comes from, or where a change applies: this node, or every member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// This node only (also what a forwarded request carries, so it is not forwarded again).
+    Local,
+    /// Every live member.
+    Cluster,
+}
+
+/// The `scope` query parameter (`local` or `cluster`), `default` when absent.
+pub(crate) fn scope_param(q: &HashMap<String, String>, default: Scope) -> Result<Scope, String> {
+    match q.get("scope").map(String::as_str) {
+        None => Ok(default),
+        Some("local") => Ok(Scope::Local),
+        Some("cluster") => Ok(Scope::Cluster),
+        Some(other) => Err(format!("unknown scope {other:?}: use local or cluster")),
+    }
+}
+
+/// The fanout, when the request is cluster-scoped and this node is part of a cluster.
+fn cluster_fanout(s: &AdminState, scope: Scope) -> Option<Arc<crate::cluster::fanout::Fanout>> {
+    match scope {
+        Scope::Cluster => s.cluster.as_ref().map(|c| c.fanout.clone()),
+        Scope::Local => None,
+    }
+}
+
+/// The `nodes` entry for this node in a cluster-scoped answer.
+fn self_node(s: &AdminState, status: StatusCode) -> serde_json::Map<String, serde_json::Value> {
+    let mut m = serde_json::Map::new();
+    let me = s.cluster.as_ref().map(|c| c.membership.me().to_string());
+    m.insert("address".into(), serde_json::json!(me));
+    m.insert("self".into(), serde_json::json!(true));
+    m.insert("answered".into(), serde_json::json!(true));
+    m.insert("status".into(), serde_json::json!(status.as_u16()));
+    m
 }
 
 fn error(code: StatusCode, message: &str) -> Response {
@@ -245,6 +362,13 @@ pub struct TagRequest {
     /// How long the tag lasts (`"2h"`, `"30m"`); absent = until removed.
     #[serde(rename = "for", default)]
     pub duration: Option<String>,
+    /// When the tag was set (Unix ms): sent by the node that forwards a tag to the others, so
+    /// every node holds the same tag; an older copy than the one held is ignored.
+    #[serde(default)]
+    pub set_at_unix_ms: Option<u64>,
+    /// When the forwarded tag expires (Unix ms; absent = never). Only with `set_at_unix_ms`.
+    #[serde(default)]
+    pub expires_at_unix_ms: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -274,8 +398,13 @@ fn tags_error(e: TagsError) -> Response {
 async fn tag(
     State(s): State<AdminState>,
     Path(tenant): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
     Json(body): Json<TagRequest>,
 ) -> Response {
+    let scope = match scope_param(&q, Scope::Cluster) {
+        Ok(scope) => scope,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
     if !body.keep_all {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -296,9 +425,37 @@ async fn tag(
     let tags = s.tags.clone();
     let now = SystemTime::now();
     let name = tenant.clone();
+    let copy = body.set_at_unix_ms.map(|set_at| TenantTag {
+        keep_all: true,
+        set_at_unix_ms: set_at,
+        expires_at_unix_ms: body.expires_at_unix_ms,
+    });
     // The state file is written and synced before the new tag is live.
-    match tokio::task::spawn_blocking(move || tags.set(&name, duration, now)).await {
-        Ok(Ok(tag)) => Json(tag_json(&tenant, &tag, unix_ms(now))).into_response(),
+    let apply = move || match copy {
+        // A copy forwarded by another node: the same tag everywhere, the newest one wins.
+        Some(copy) => tags.merge([(name.clone(), copy.clone())], now).map(|_| {
+            tags.snapshot()
+                .active(unix_ms(now))
+                .find(|(t, _)| *t == name)
+                .map_or(copy, |(_, t)| t.clone())
+        }),
+        None => tags.set(&name, duration, now),
+    };
+    match tokio::task::spawn_blocking(apply).await {
+        Ok(Ok(tag)) => {
+            let mut answer = tag_json(&tenant, &tag, unix_ms(now));
+            if let Some(fanout) = cluster_fanout(&s, scope) {
+                let forwarded = serde_json::json!({
+                    "keep_all": true,
+                    "set_at_unix_ms": tag.set_at_unix_ms,
+                    "expires_at_unix_ms": tag.expires_at_unix_ms,
+                });
+                let nodes =
+                    propagate(&s, &fanout, http::Method::PUT, &tenant, Some(&forwarded)).await;
+                answer["nodes"] = serde_json::Value::Array(nodes);
+            }
+            Json(answer).into_response()
+        }
         Ok(Err(e)) => tags_error(e),
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -307,12 +464,25 @@ async fn tag(
     }
 }
 
-async fn untag(State(s): State<AdminState>, Path(tenant): Path<String>) -> Response {
+async fn untag(
+    State(s): State<AdminState>,
+    Path(tenant): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let scope = match scope_param(&q, Scope::Cluster) {
+        Ok(scope) => scope,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
     let tags = s.tags.clone();
     let name = tenant.clone();
     match tokio::task::spawn_blocking(move || tags.remove(&name, SystemTime::now())).await {
         Ok(Ok(removed)) => {
-            Json(serde_json::json!({"tenant": tenant, "removed": removed})).into_response()
+            let mut answer = serde_json::json!({"tenant": tenant, "removed": removed});
+            if let Some(fanout) = cluster_fanout(&s, scope) {
+                let nodes = propagate(&s, &fanout, http::Method::DELETE, &tenant, None).await;
+                answer["nodes"] = serde_json::Value::Array(nodes);
+            }
+            Json(answer).into_response()
         }
         Ok(Err(e)) => tags_error(e),
         Err(e) => error(

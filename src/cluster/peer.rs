@@ -178,6 +178,9 @@ pub struct InfoResponse {
     /// Its tailsift version.
     #[prost(string, tag = "4")]
     pub version: String,
+    /// Its admin API as the other members can reach it (`host:port`; empty from older nodes).
+    #[prost(string, tag = "5")]
+    pub admin: String,
 }
 
 /// Appends groups for `spans` to `groups`: one group per run of spans sharing an origin.

@@ -35,6 +35,8 @@ pub struct ClusterStatus {
     pub intake: Arc<PeerIntakeCounters>,
     /// How this node answers `Peer/Info`.
     pub info: Arc<dyn Fn() -> InfoResponse + Send + Sync>,
+    /// Asks the other members' admin APIs (cluster-scoped admin requests, rules drift).
+    pub fanout: Arc<super::fanout::Fanout>,
 }
 
 /// One member in the report.
@@ -52,6 +54,8 @@ pub struct MemberReport {
     pub sees: Option<Vec<String>>,
     /// Its version, as it answered.
     pub version: Option<String>,
+    /// Its admin API address, as it answered (None: it did not answer, or runs an older version).
+    pub admin: Option<String>,
     /// Why it did not answer.
     pub error: Option<String>,
 }
@@ -166,6 +170,7 @@ impl ClusterStatus {
                         rules_hash: Some(info.rules_hash),
                         sees: Some(info.members),
                         version: Some(info.version),
+                        admin: (!info.admin.is_empty()).then_some(info.admin),
                         error: None,
                     });
                 }
@@ -176,6 +181,7 @@ impl ClusterStatus {
                     rules_hash: None,
                     sees: None,
                     version: None,
+                    admin: None,
                     error: Some(e.to_string()),
                 }),
             }
@@ -227,6 +233,11 @@ impl ClusterStatus {
             provider.changes,
             u8::from(provider.healthy),
             provider.errors,
+        );
+        let _ = write!(
+            out,
+            "# HELP tailsift_cluster_rules_drift 1 while the members that answer run rules with different hashes\n# TYPE tailsift_cluster_rules_drift gauge\ntailsift_cluster_rules_drift {}\n",
+            u8::from(self.fanout.drift.drifted()),
         );
         let queues = (self.queues)();
         let series: [Series; 8] = [
