@@ -190,9 +190,19 @@ impl Router {
                 cluster.strays.store(true, Relaxed);
             }
         }
-        let shards: Vec<usize> = handoffs
-            .iter()
-            .filter_map(|(s, _, _)| s.first().map(|f| self.shard_of(&f.index.trace_id)))
+        // One message per shard, whatever the number of traces: a batch may hand over more
+        // traces than a shard's intake has slots.
+        let n_shards = self.inner.shards.len();
+        let mut per_shard: Vec<Vec<(Vec<SpanRecord>, Instant, bool)>> =
+            (0..n_shards).map(|_| Vec::new()).collect();
+        for (spans, first_seen, root_seen) in handoffs {
+            if let Some(first) = spans.first() {
+                let i = self.shard_of(&first.index.trace_id);
+                per_shard[i].push((compact(spans), first_seen, root_seen));
+            }
+        }
+        let shards: Vec<usize> = (0..n_shards)
+            .filter(|i| !per_shard[*i].is_empty())
             .collect();
         let reserve = async {
             let mut permits = Vec::with_capacity(shards.len());
@@ -215,12 +225,8 @@ impl Router {
         .await
         .map_err(|_| RouteError::Full)??;
         plain.send();
-        for (permit, (spans, first_seen, root_seen)) in adopted.into_iter().zip(handoffs) {
-            permit.send(ShardMsg::Adopt {
-                spans: compact(spans),
-                first_seen,
-                root_seen,
-            });
+        for (permit, i) in adopted.into_iter().zip(shards) {
+            permit.send(ShardMsg::AdoptMany(std::mem::take(&mut per_shard[i])));
         }
         Ok(())
     }

@@ -63,6 +63,9 @@ pub enum ShardMsg {
         /// The root span has arrived.
         root_seen: bool,
     },
+    /// Several handed-over traces for this shard at once (one peer batch holds hundreds):
+    /// `(spans, first_seen, root_seen)` each, as in [`ShardMsg::Adopt`].
+    AdoptMany(Vec<(ShardBatch, Instant, bool)>),
     /// Membership changed: hand back every buffered trace and remembered decision
     /// `owned_elsewhere` says this node no longer owns.
     Rebalance {
@@ -184,6 +187,11 @@ pub async fn run_shard(
                 Some(ShardMsg::Adopt { spans, first_seen, root_seen }) => {
                     // Counted per tenant where the trace was first buffered, not again here.
                     table.adopt(spans, first_seen, root_seen, Instant::now(), &mut ready, &mut |_| {});
+                }
+                Some(ShardMsg::AdoptMany(traces)) => {
+                    for (spans, first_seen, root_seen) in traces {
+                        table.adopt(spans, first_seen, root_seen, Instant::now(), &mut ready, &mut |_| {});
+                    }
                 }
                 Some(ShardMsg::Rebalance { owned_elsewhere, reply }) => {
                     let leaving = Rebalanced {
