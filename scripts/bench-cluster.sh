@@ -7,13 +7,18 @@
 #   - the share of spans forwarded, and the CPU cost per forwarded span
 #     ((cpu/span with 3 nodes - cpu/span with 1) / forwarded share),
 #   - mean decision latency (first span to decision, tailsift_decision_latency_seconds),
-#   - zero loss: every must-keep trace whole at the sink (tailsift-loadgen check).
+#   - zero loss: every must-keep trace whole at the sink (tailsift-loadgen check),
+#   - config "leave": three nodes, and halfway through the load one of them gets SIGTERM
+#     (graceful leave): traces and bytes it handed over, how long the hand-off took, and the
+#     run's CPU per span against "three" (requests the generator had in flight to the leaver
+#     are refused with UNAVAILABLE and not counted as acknowledged; the generator does not
+#     retry).
 # All nodes and the load share the same machine; loopback only; every run is bounded.
 #
 #   scripts/bench-cluster.sh
 # Environment (all optional):
 #   RUNS=3  DURATION=10s  RATE=60000 (offered spans/s)  CONCURRENCY=6  SEED=1
-#   CONFIGS="one three"  OUT=/tmp/tailsift-bench-cluster/DATE
+#   CONFIGS="one three leave"  OUT=/tmp/tailsift-bench-cluster/DATE
 #   SKIP_BUILD=1 with TAILSIFT_BIN=... LOADGEN_BIN=... to use prebuilt binaries
 set -euo pipefail
 
@@ -23,7 +28,7 @@ DURATION=${DURATION:-10s}
 RATE=${RATE:-60000}
 CONCURRENCY=${CONCURRENCY:-6}
 SEED=${SEED:-1}
-CONFIGS=${CONFIGS:-one three}
+CONFIGS=${CONFIGS:-one three leave}
 OUT=${OUT:-${TMPDIR:-/tmp}/tailsift-bench-cluster/$(date +%Y%m%d-%H%M%S)}
 CLK_TCK=$(getconf CLK_TCK)
 DUR_S=${DURATION%s}
@@ -101,7 +106,7 @@ EOF
 
 run_one() { # run_one CONFIG INDEX
     local config=$1 idx=$2 dir="$OUT/$1/run$2" n=1
-    [[ $config == three ]] && n=3
+    [[ $config == three || $config == leave ]] && n=3
     mkdir -p "$dir"
     log "== $config run $idx"
     "$LOADGEN_BIN" sink --listen 127.0.0.1:0 --report-file "$dir/sink.json" --progress \
@@ -165,7 +170,22 @@ EOF
     target_list=$(IFS=,; echo "${targets[*]}")
     timeout $((${DUR_S%.*} + 60)) "$LOADGEN_BIN" gen --target "$target_list" --spans-per-sec "$RATE" \
         --duration "$DURATION" --concurrency "$CONCURRENCY" --seed "$SEED" \
-        --report-file "$dir/gen.json" 2>"$dir/gen.err" || true
+        --report-file "$dir/gen.json" 2>"$dir/gen.err" &
+    local gen_pid=$!
+    local leaver_cpu=0
+    if [[ $config == leave ]]; then
+        sleep "$(python3 -c "print(${DUR_S%.*} / 2)")"
+        local last=$((n - 1))
+        kill -TERM "${node_pids[$last]}"
+        # Its CPU until it exits counts (sampled every 50 ms while it leaves).
+        while alive "${node_pids[$last]}"; do
+            leaver_cpu=$(cpu_ticks "${node_pids[$last]}")
+            sleep 0.05
+        done
+        wait "${node_pids[$last]}" 2>/dev/null || true
+        unset 'admins[last]'
+    fi
+    wait "$gen_pid" || true
     [[ -f $dir/gen.json ]] || die "gen wrote no report ($dir/gen.err)"
     # Drained: nothing buffered and nothing queued for a peer on any node, sink quiet.
     local tries held
@@ -179,9 +199,13 @@ EOF
         sleep 0.5
     done
     wait_sink_quiet "$dir/sink.err" 30 || true
-    for p in "${node_pids[@]}"; do cpu1=$((cpu1 + $(cpu_ticks "$p"))); done
+    for p in "${node_pids[@]}"; do
+        alive "$p" && cpu1=$((cpu1 + $(cpu_ticks "$p")))
+    done
+    cpu1=$((cpu1 + leaver_cpu))
     local fwd=0 lat_sum=0 lat_n=0
     for ((i = 0; i < n; i++)); do
+        [[ -n "${admins[$i]:-}" ]] || { : >"$dir/metrics$i.txt"; continue; }
         curl -s -m 5 "http://${admins[$i]}/metrics" >"$dir/metrics$i.txt" || true
         fwd=$(python3 -c "print($fwd + $(metric_sum "$dir/metrics$i.txt" tailsift_peer_forwarded_spans_total))")
         lat_sum=$(python3 -c "print($lat_sum + $(metric_sum "$dir/metrics$i.txt" tailsift_decision_latency_seconds_sum))")
@@ -193,9 +217,9 @@ EOF
     local check_rc=0
     "$LOADGEN_BIN" check --gen-report "$dir/gen.json" --sink-report "$dir/sink.json" \
         --expect must-keep --json-out "$dir/check.json" >"$dir/check.txt" 2>&1 || check_rc=$?
-    python3 - "$dir" "$config" "$cpu0" "$cpu1" "$CLK_TCK" "$fwd" "$lat_sum" "$lat_n" "$check_rc" <<'EOF'
-import json, sys
-d, config, cpu0, cpu1, tck, fwd, lat_sum, lat_n, check_rc = sys.argv[1:]
+    python3 - "$dir" "$config" "$cpu0" "$cpu1" "$CLK_TCK" "$fwd" "$lat_sum" "$lat_n" "$check_rc" "$((n - 1))" <<'EOF'
+import json, re, sys
+d, config, cpu0, cpu1, tck, fwd, lat_sum, lat_n, check_rc, last = sys.argv[1:]
 gen = json.load(open(f"{d}/gen.json"))
 acked = gen.get("acked_spans") or gen.get("spans_acked") or 0
 cpu_s = (int(cpu1) - int(cpu0)) / int(tck)
@@ -208,6 +232,15 @@ row = {
     "decision_latency_mean_s": float(lat_sum) / float(lat_n) if float(lat_n) else None,
     "zero_loss": check_rc == "0",
 }
+if config == "leave":
+    log = open(f"{d}/node{last}.err").read()
+    log = re.sub(r"\x1b\[[0-9;]*m", "", log)
+    handed = [tuple(int(x) for x in m) for m in re.findall(r"handing buffered traces.*?traces=(\d+) span_bytes=(\d+) decisions=(\d+)", log)]
+    done = re.findall(r"everything this node held is with its new owners.*?elapsed_ms=(\d+)", log)
+    row["handoff_traces"] = sum(h[0] for h in handed)
+    row["handoff_bytes"] = sum(h[1] for h in handed)
+    row["handoff_decisions"] = sum(h[2] for h in handed)
+    row["handoff_ms"] = int(done[0]) if done else None
 json.dump(row, open(f"{d}/row.json", "w"))
 print(json.dumps(row))
 EOF
@@ -239,6 +272,14 @@ one, three, share = med("one", "cpu_us_per_span"), med("three", "cpu_us_per_span
 if one and three and share:
     lines += ["", f"cost per forwarded span: ({three:.2f} - {one:.2f}) / {share:.2f} = "
               f"{(three - one) / share:.2f} µs"]
+leave = [r for r in rows if r["config"] == "leave"]
+if leave:
+    lines += ["", "graceful leave of one of three nodes halfway through the load (per run):", "",
+              "| run | traces handed over | span bytes | decisions | hand-off took | CPU µs/span (whole run) | zero loss |",
+              "|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(leave, 1):
+        ms = f"{r['handoff_ms']} ms" if r.get("handoff_ms") is not None else "did not finish"
+        lines.append(f"| {i} | {r.get('handoff_traces', 0):,} | {r.get('handoff_bytes', 0):,} | {r.get('handoff_decisions', 0):,} | {ms} | {r['cpu_us_per_span']:.2f} | {'yes' if r['zero_loss'] else 'NO'} |")
 text = "\n".join(lines)
 open(f"{out}/summary.md", "w").write(text + "\n")
 print(text)

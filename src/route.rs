@@ -392,8 +392,14 @@ impl Router {
         }
         let n = departing.len();
         if n > 0 || !decisions.is_empty() {
+            let bytes: usize = departing
+                .iter()
+                .flat_map(|d| d.spans.iter())
+                .map(|s| s.bytes.len())
+                .sum();
             tracing::info!(
                 traces = n,
+                span_bytes = bytes,
                 decisions = decisions.len(),
                 "handing buffered traces and remembered decisions to their new owners"
             );

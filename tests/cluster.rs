@@ -926,7 +926,8 @@ fn start_load(live: &Live, seed: u64) -> Load {
             let mut unacked = BTreeSet::new();
             let mut round = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let (s, u) = send_spread_balanced(&live, seed * 100_000 + round, 60, &mut rng).await;
+                let (s, u) =
+                    send_spread_balanced(&live, seed * 100_000 + round, 60, &mut rng).await;
                 rounds.push(s);
                 unacked.extend(u);
                 round += 1;
