@@ -174,6 +174,8 @@ pub struct Config {
     pub stats: StatsConfig,
     /// Running as one node of a cluster; absent: a single node that owns every trace.
     pub cluster: Option<ClusterConfig>,
+    /// API keys on the receive listeners; absent: no keys, anyone who reaches them may write.
+    pub auth: Option<AuthConfig>,
     /// The file this configuration was read from (not a key: set by [`Config::load`]), so
     /// SIGHUP can re-read `[cluster] peers`.
     #[serde(skip)]
@@ -199,10 +201,49 @@ pub struct ReceiveConfig {
     pub max_spans_per_request: usize,
     /// Most attributes on one span; a span with more is refused (partial success).
     pub max_attributes_per_span: usize,
-    /// Largest encoded attribute (key + value) on a span; a span with a larger one is refused.
-    pub max_attribute_bytes: ByteSize,
+    /// Longest string attribute value kept whole; longer values are truncated and the span
+    /// marked (`tailsift.truncated`), never refused. None (the default): no limit.
+    pub max_attribute_bytes: Option<ByteSize>,
     /// Most client connections open at once per listener; more wait in the kernel backlog.
     pub max_connections: usize,
+    /// TLS on both listeners; absent: plaintext.
+    pub tls: Option<ReceiveTlsConfig>,
+    /// HTTP/1: a request's headers must arrive within this, or the connection is closed
+    /// (a slowloris client cannot hold a connection slot).
+    pub header_read_timeout: HumanDuration,
+    /// A connection on which nothing is read or written for this long is closed.
+    pub idle_timeout: HumanDuration,
+    /// HTTP/2 (gRPC and HTTP listeners): ping an idle client this often.
+    pub http2_keepalive_interval: HumanDuration,
+    /// HTTP/2: close the connection when a ping is not answered within this.
+    pub http2_keepalive_timeout: HumanDuration,
+}
+
+/// `[receive.tls]`: certificate and key of the receive listeners, optionally a client CA.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiveTlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key of `cert_file`.
+    pub key_file: PathBuf,
+    /// PEM CA certificates; when set, clients must present a certificate one of them signed.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the files are checked for changes (certificate rotation).
+    #[serde(default = "default_tls_check_interval")]
+    pub check_interval: HumanDuration,
+    /// Longest a client may take to complete the TLS handshake.
+    #[serde(default = "default_tls_handshake_timeout")]
+    pub handshake_timeout: HumanDuration,
+}
+
+fn default_tls_check_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+
+fn default_tls_handshake_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
 }
 
 impl Default for ReceiveConfig {
@@ -215,8 +256,57 @@ impl Default for ReceiveConfig {
             max_concurrent_requests: 256,
             max_spans_per_request: 100_000,
             max_attributes_per_span: 1024,
-            max_attribute_bytes: ByteSize(64 << 10),
+            max_attribute_bytes: None,
             max_connections: 4096,
+            tls: None,
+            header_read_timeout: HumanDuration(Duration::from_secs(10)),
+            idle_timeout: HumanDuration(Duration::from_secs(60)),
+            http2_keepalive_interval: HumanDuration(Duration::from_secs(30)),
+            http2_keepalive_timeout: HumanDuration(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// `[auth]`: API keys on the receive listeners, each mapped to the tenant it writes as.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// TOML file with a `[keys]` table `"<api key>" = "<tenant id>"`; re-read on SIGHUP and
+    /// `POST /api/v1/rules/reload`.
+    pub keys_file: Option<PathBuf>,
+    /// Header (gRPC metadata key) carrying the key, as `Bearer <key>` or the bare key.
+    pub header: String,
+    /// Refuse requests without a known key (gRPC UNAUTHENTICATED, HTTP 401).
+    pub require_key: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            keys_file: None,
+            header: default_auth_header(),
+            require_key: false,
+        }
+    }
+}
+
+fn default_auth_header() -> String {
+    "authorization".into()
+}
+
+impl AuthConfig {
+    fn problems(&self, out: &mut Vec<String>) {
+        if http::HeaderName::from_bytes(self.header.to_ascii_lowercase().as_bytes()).is_err() {
+            out.push(format!(
+                "auth.header {:?} is not a valid header name (e.g. \"authorization\" or \"x-api-key\")",
+                self.header
+            ));
+        }
+        if self.require_key && self.keys_file.is_none() {
+            out.push(
+                "auth.require_key = true needs auth.keys_file (otherwise every request is refused)"
+                    .into(),
+            );
         }
     }
 }
@@ -942,9 +1032,9 @@ impl Config {
 
     fn problems(&self, problems: &mut Vec<String>) {
         let b = &self.buffer;
-        if b.root_grace.0 >= b.trace_timeout.0 {
+        if b.root_grace.0 > b.trace_timeout.0 {
             problems.push(format!(
-                "buffer.root_grace ({}) must be shorter than buffer.trace_timeout ({})",
+                "buffer.root_grace ({}) must not exceed buffer.trace_timeout ({})",
                 b.root_grace, b.trace_timeout
             ));
         }
@@ -962,6 +1052,30 @@ impl Config {
         }
         if let Some(cluster) = &self.cluster {
             cluster.problems(problems);
+        }
+        if let Some(auth) = &self.auth {
+            auth.problems(problems);
+        }
+        let r = &self.receive;
+        if r.idle_timeout.0 <= r.queue_timeout.0 {
+            problems.push(format!(
+                "receive.idle_timeout ({}) must be longer than receive.queue_timeout ({}): a request waiting for room would be cut off",
+                r.idle_timeout, r.queue_timeout
+            ));
+        }
+        for (key, d) in [
+            ("header_read_timeout", r.header_read_timeout),
+            ("http2_keepalive_interval", r.http2_keepalive_interval),
+            ("http2_keepalive_timeout", r.http2_keepalive_timeout),
+        ] {
+            if d.0 < Duration::from_millis(100) {
+                problems.push(format!("receive.{key} must be at least 100ms"));
+            }
+        }
+        if let Some(tls) = &r.tls {
+            if tls.check_interval.0 < Duration::from_millis(100) {
+                problems.push("receive.tls.check_interval must be at least 100ms".into());
+            }
         }
         if self.receive.max_concurrent_requests == 0 {
             problems.push("receive.max_concurrent_requests must be at least 1".into());
@@ -1093,6 +1207,20 @@ listen = "127.0.0.1:8080"
         assert!(err.contains("unknown unit"), "{err}");
         assert!(parse_duration("1.5s").unwrap() == Duration::from_millis(1500));
         assert_eq!("512MiB".parse::<ByteSize>().unwrap().0, 512 << 20);
+    }
+
+    #[test]
+    fn root_grace_equal_to_trace_timeout_is_accepted_and_only_longer_is_an_error() {
+        let equal = "[buffer]\nroot_grace = \"30s\"\ntrace_timeout = \"30s\"\n";
+        assert!(Config::parse(equal, Path::new("c.toml")).is_ok());
+        let longer = "[buffer]\nroot_grace = \"31s\"\ntrace_timeout = \"30s\"\n";
+        let err = Config::parse(longer, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("must not exceed buffer.trace_timeout"),
+            "{err}"
+        );
     }
 
     #[test]
