@@ -612,6 +612,24 @@ pub struct ExportConfig {
     pub tls_key_file: Option<PathBuf>,
     /// Name sent as SNI and verified in the server certificate instead of the endpoint's host.
     pub tls_server_name: Option<String>,
+    /// `[export.tls]`, the documented spelling of the four `tls_*` keys above (which stay as
+    /// aliases); moved into them when the config is loaded.
+    #[serde(rename = "tls")]
+    pub tls_table: Option<ExportTlsConfig>,
+}
+
+/// `[export.tls]`: how the exporters verify the backend and identify themselves to it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportTlsConfig {
+    /// Extra PEM CA certificates trusted besides the built-in roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain (mTLS); needs `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// SNI and verification name instead of the endpoint's host.
+    pub server_name: Option<String>,
 }
 
 impl ExportConfig {
@@ -713,7 +731,30 @@ impl Default for ExportConfig {
             tls_cert_file: None,
             tls_key_file: None,
             tls_server_name: None,
+            tls_table: None,
         }
+    }
+}
+
+impl ExportConfig {
+    /// Moves `[export.tls]` into the flat `tls_*` fields the exporters read; setting a key in
+    /// both spellings is a problem.
+    fn merge_tls_table(&mut self, problems: &mut Vec<String>) {
+        let Some(table) = self.tls_table.take() else {
+            return;
+        };
+        let flat = self.tls_keys_set();
+        if !flat.is_empty() {
+            problems.push(format!(
+                "[export.tls] and export.{} are both set: use only the [export.tls] table (ca_file, cert_file, key_file, server_name)",
+                flat.join(", export.")
+            ));
+            return;
+        }
+        self.tls_ca_file = table.ca_file;
+        self.tls_cert_file = table.cert_file;
+        self.tls_key_file = table.key_file;
+        self.tls_server_name = table.server_name;
     }
 }
 
@@ -1005,6 +1046,7 @@ impl Config {
             message: e.to_string().trim_end().to_string(),
         })?;
         let mut problems = config.export.headers.expand_env(lookup);
+        config.export.merge_tls_table(&mut problems);
         config.problems(&mut problems);
         if problems.is_empty() {
             Ok(config)
@@ -1327,6 +1369,59 @@ listen = "127.0.0.1:8080"
             .unwrap_err()
             .to_string();
         assert!(err.contains("brotli"), "{err}");
+    }
+
+    #[test]
+    fn the_export_tls_table_is_the_flat_keys_and_setting_both_is_an_error() {
+        let table = format!(
+            "{HOSTED}[export.tls]\nca_file = \"ca.pem\"\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nserver_name = \"api.example.com\"\n"
+        );
+        let c = Config::parse(&table, Path::new("c.toml")).unwrap();
+        assert_eq!(c.export.tls_ca_file, Some(PathBuf::from("ca.pem")));
+        assert_eq!(c.export.tls_cert_file, Some(PathBuf::from("c.pem")));
+        assert_eq!(c.export.tls_key_file, Some(PathBuf::from("k.pem")));
+        assert_eq!(c.export.tls_server_name.as_deref(), Some("api.example.com"));
+        let flat = Config::parse(
+            &format!("{HOSTED}tls_ca_file = \"ca.pem\"\n"),
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(flat.export.tls_ca_file, Some(PathBuf::from("ca.pem")));
+        let both = format!("{HOSTED}tls_ca_file = \"ca.pem\"\n[export.tls]\nca_file = \"x.pem\"\n");
+        let err = Config::parse(&both, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[export.tls] and export.tls_ca_file are both set"),
+            "{err}"
+        );
+        let typo = format!("{HOSTED}[export.tls]\nca_fil = \"x.pem\"\n");
+        assert!(Config::parse(&typo, Path::new("c.toml")).is_err());
+    }
+
+    #[test]
+    fn the_receive_security_surface_parses_with_its_documented_names() {
+        let text = "[receive]\nheader_read_timeout = \"5s\"\nidle_timeout = \"30s\"\n[receive.tls]\ncert_file = \"/etc/tailsift/tls.crt\"\nkey_file = \"/etc/tailsift/tls.key\"\nclient_ca_file = \"/etc/tailsift/clients-ca.crt\"\n[auth]\nkeys_file = \"/etc/tailsift/keys.toml\"\nheader = \"x-api-key\"\nrequire_key = true\n";
+        let c = Config::parse(text, Path::new("c.toml")).unwrap();
+        let tls = c.receive.tls.unwrap();
+        assert_eq!(tls.check_interval.0, Duration::from_secs(5));
+        assert!(tls.client_ca_file.is_some());
+        let auth = c.auth.unwrap();
+        assert!(auth.require_key);
+        assert_eq!(auth.header, "x-api-key");
+        assert_eq!(c.receive.max_attribute_bytes, None);
+        let err = Config::parse("[auth]\nrequire_key = true\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("auth.require_key = true needs auth.keys_file"),
+            "{err}"
+        );
+        assert!(Config::parse("[receive.tls]\ncert_file = \"a\"\n", Path::new("c.toml")).is_err());
+        let err = Config::parse("[receive]\nidle_timeout = \"1s\"\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("receive.idle_timeout"), "{err}");
     }
 
     #[test]
