@@ -250,11 +250,7 @@ impl AsyncRead for LimitedStream {
         if let Some(idle) = &mut this.idle {
             match &polled {
                 Poll::Ready(Ok(())) if buf.filled().len() > before => idle.touch(),
-                Poll::Pending => {
-                    if idle.expired(cx) {
-                        return Poll::Ready(Err(timed_out()));
-                    }
-                }
+                Poll::Pending if idle.expired(cx) => return Poll::Ready(Err(timed_out())),
                 _ => {}
             }
         }
@@ -276,11 +272,7 @@ impl AsyncWrite for LimitedStream {
         if let Some(idle) = &mut this.idle {
             match &polled {
                 Poll::Ready(Ok(n)) if *n > 0 => idle.touch(),
-                Poll::Pending => {
-                    if idle.expired(cx) {
-                        return Poll::Ready(Err(timed_out()));
-                    }
-                }
+                Poll::Pending if idle.expired(cx) => return Poll::Ready(Err(timed_out())),
                 _ => {}
             }
         }
