@@ -331,3 +331,37 @@ async fn a_slowloris_client_is_disconnected_after_the_header_timeout_while_other
     );
     backend.wait_for_spans(2, WAIT).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_nothing_is_closed_after_the_idle_timeout() {
+    let backend = RecordingBackend::start().await;
+    let proxy = TailsiftProcess::start_with_rules_and(backend.grpc_addr(), KEEP_ALL_RULES, |c| {
+        c.replace(
+            "max_request_bytes = \"4MiB\"",
+            "max_request_bytes = \"4MiB\"\nqueue_timeout = \"500ms\"\nidle_timeout = \"1s\"",
+        )
+    })
+    .await;
+    // The gRPC listener (HTTP/2 has no header timeout): a silent connection is closed.
+    let mut silent = tokio::net::TcpStream::connect(proxy.grpc).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match silent.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the idle connection was never closed");
+    let after = started.elapsed();
+    assert!(
+        after >= Duration::from_millis(800) && after < Duration::from_secs(5),
+        "closed after {after:?}, expected about the 1s idle timeout"
+    );
+    // Busy clients are unaffected.
+    send_grpc(proxy.grpc, trace(1)).await.expect("served");
+    backend.wait_for_spans(2, WAIT).await;
+}
