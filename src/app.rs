@@ -180,35 +180,56 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
 
     // receive
-    let receiver = Arc::new(Receiver::new(
-        IngestOptions {
-            tenant_attribute: config.tenant.resource_attribute.clone(),
-            default_tenant: TenantId::new(&config.tenant.default),
-            reserved_attributes: keys.reserved(),
-            limits: SpanLimits {
-                max_attributes_per_span: config.receive.max_attributes_per_span,
-                max_attribute_bytes: config.receive.max_attribute_bytes.bytes(),
-                max_spans_per_request: config.receive.max_spans_per_request,
+    let api_keys = match &config.auth {
+        Some(auth) => Some(Arc::new(
+            receive::auth::ApiKeys::load(auth).context("loading the [auth] keys file")?,
+        )),
+        None => None,
+    };
+    let reload_hook = reload::chain_hooks(
+        cluster.as_ref().and_then(|c| c.reread_peers.clone()),
+        api_keys.clone().map(|keys| {
+            Arc::new(move || {
+                // A failure is logged by reload; the previous keys stay.
+                let _ = keys.reload();
+            }) as reload::ReloadHook
+        }),
+    );
+    let receiver = Arc::new(
+        Receiver::new(
+            IngestOptions {
+                tenant_attribute: config.tenant.resource_attribute.clone(),
+                default_tenant: TenantId::new(&config.tenant.default),
+                reserved_attributes: keys.reserved(),
+                limits: SpanLimits {
+                    max_attributes_per_span: config.receive.max_attributes_per_span,
+                    max_attribute_bytes: config.receive.max_attribute_bytes.map(|b| b.bytes()),
+                    max_spans_per_request: config.receive.max_spans_per_request,
+                },
             },
-        },
-        router.clone(),
-        stats.clone(),
-        config.tenant.header.clone(),
-        config.receive.max_request_bytes.bytes(),
-        config.buffer.max_memory.bytes(),
-        export_queue_max_bytes,
-    ));
+            router.clone(),
+            stats.clone(),
+            config.tenant.header.clone(),
+            config.receive.max_request_bytes.bytes(),
+            config.buffer.max_memory.bytes(),
+            export_queue_max_bytes,
+        )
+        .with_api_keys(api_keys.clone()),
+    );
     let grpc_listener = bind(config.receive.grpc_listen, "receive.grpc_listen").await?;
     let http_listener = bind(config.receive.http_listen, "receive.http_listen").await?;
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
 
+    let conn_options = receive_connections(&config.receive, &stats, &stop_rx)?;
     let grpc = {
         let mut stop = stop_rx.clone();
         let svc = receive::grpc::TraceService::new(receiver.clone());
         let server = tonic::transport::Server::builder()
             .concurrency_limit_per_connection(config.receive.max_concurrent_requests)
             .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(config.receive.http2_keepalive_interval.0))
+            .http2_keepalive_timeout(Some(config.receive.http2_keepalive_timeout.0))
             // OTLP requests run to hundreds of KiB: HTTP/2's default 64 KiB windows would
             // stall each one on flow-control round trips.
             .initial_stream_window_size(Some(4 << 20))
@@ -216,8 +237,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .max_frame_size(Some(1 << 20))
             .add_service(svc);
         let incoming =
-            receive::conn::LimitedListener::new(grpc_listener, config.receive.max_connections)
-                .into_stream();
+            receive::conn::Incoming::new(grpc_listener, conn_options.clone()).into_stream();
         tokio::spawn(async move {
             let signal = async move {
                 let _ = stop.wait_for(|s| *s).await;
@@ -230,18 +250,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let http = {
         let mut stop = stop_rx.clone();
         let app = receive::http::router(receiver.clone(), config.receive.max_concurrent_requests);
-        let max_connections = config.receive.max_connections;
+        let incoming = receive::conn::Incoming::new(http_listener, conn_options);
+        let options = receive::http::ServeOptions {
+            header_read_timeout: config.receive.header_read_timeout.0,
+            keepalive_interval: config.receive.http2_keepalive_interval.0,
+            keepalive_timeout: config.receive.http2_keepalive_timeout.0,
+        };
         tokio::spawn(async move {
             let signal = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            let http_listener = receive::conn::LimitedListener::new(http_listener, max_connections);
-            if let Err(e) = axum::serve(http_listener, app)
-                .with_graceful_shutdown(signal)
-                .await
-            {
-                tracing::error!(error = %e, "HTTP listener failed");
-            }
+            receive::http::serve(incoming, app, options, signal).await;
         })
     };
     let ready = Arc::new(AtomicBool::new(true));
@@ -257,7 +276,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             ready: ready.clone(),
             max_memory: config.buffer.max_memory.0 as i64,
             cluster: cluster.as_ref().map(|c| c.status.clone()),
-            on_reload: cluster.as_ref().and_then(|c| c.reread_peers.clone()),
+            on_reload: reload_hook.clone(),
         })
         .merge(admin::tenants::router(admin::tenants::TenantApi {
             stats: stats.clone(),
@@ -282,7 +301,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
 
     let peer_addr = cluster.as_ref().map(|c| c.peer_addr);
-    let reread_peers = cluster.as_ref().and_then(|c| c.reread_peers.clone());
+    let reread_peers = reload_hook;
     let deadline = config.shutdown.timeout.0;
     let done = {
         let stats = stats.clone();
@@ -455,7 +474,7 @@ async fn start_cluster(
         keys_reserved,
         SpanLimits {
             max_attributes_per_span: config.receive.max_attributes_per_span,
-            max_attribute_bytes: config.receive.max_attribute_bytes.bytes(),
+            max_attribute_bytes: config.receive.max_attribute_bytes.map(|b| b.bytes()),
             max_spans_per_request: config.receive.max_spans_per_request,
         },
         stats.clone(),
@@ -766,6 +785,36 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} ({key})"))
+}
+
+/// How the receive listeners treat connections: limits, timeouts and, with `[receive.tls]`,
+/// the certificate (checked for rotation until `stop`).
+fn receive_connections(
+    receive: &crate::config::ReceiveConfig,
+    stats: &Arc<Stats>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<receive::conn::ConnOptions> {
+    let tls = match &receive.tls {
+        Some(files) => {
+            let tls = Arc::new(
+                receive::tls::ServerTls::load(files, stats.clone())
+                    .context("loading the [receive.tls] certificate")?,
+            );
+            tls.watch(stop.clone());
+            tracing::info!(cert_file = %files.cert_file.display(), mtls = files.client_ca_file.is_some(), "receive listeners speak TLS");
+            Some(tls)
+        }
+        None => None,
+    };
+    Ok(receive::conn::ConnOptions {
+        max_connections: receive.max_connections,
+        tls,
+        handshake_timeout: receive
+            .tls
+            .as_ref()
+            .map_or(Duration::from_secs(10), |t| t.handshake_timeout.0),
+        idle_timeout: receive.idle_timeout.0,
+    })
 }
 
 impl Running {

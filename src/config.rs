@@ -174,6 +174,8 @@ pub struct Config {
     pub stats: StatsConfig,
     /// Running as one node of a cluster; absent: a single node that owns every trace.
     pub cluster: Option<ClusterConfig>,
+    /// API keys on the receive listeners; absent: no keys, anyone who reaches them may write.
+    pub auth: Option<AuthConfig>,
     /// The file this configuration was read from (not a key: set by [`Config::load`]), so
     /// SIGHUP can re-read `[cluster] peers`.
     #[serde(skip)]
@@ -199,10 +201,49 @@ pub struct ReceiveConfig {
     pub max_spans_per_request: usize,
     /// Most attributes on one span; a span with more is refused (partial success).
     pub max_attributes_per_span: usize,
-    /// Largest encoded attribute (key + value) on a span; a span with a larger one is refused.
-    pub max_attribute_bytes: ByteSize,
+    /// Longest string attribute value kept whole; longer values are truncated and the span
+    /// marked (`tailsift.truncated`), never refused. None (the default): no limit.
+    pub max_attribute_bytes: Option<ByteSize>,
     /// Most client connections open at once per listener; more wait in the kernel backlog.
     pub max_connections: usize,
+    /// TLS on both listeners; absent: plaintext.
+    pub tls: Option<ReceiveTlsConfig>,
+    /// HTTP/1: a request's headers must arrive within this, or the connection is closed
+    /// (a slowloris client cannot hold a connection slot).
+    pub header_read_timeout: HumanDuration,
+    /// A connection on which nothing is read or written for this long is closed.
+    pub idle_timeout: HumanDuration,
+    /// HTTP/2 (gRPC and HTTP listeners): ping an idle client this often.
+    pub http2_keepalive_interval: HumanDuration,
+    /// HTTP/2: close the connection when a ping is not answered within this.
+    pub http2_keepalive_timeout: HumanDuration,
+}
+
+/// `[receive.tls]`: certificate and key of the receive listeners, optionally a client CA.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiveTlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key of `cert_file`.
+    pub key_file: PathBuf,
+    /// PEM CA certificates; when set, clients must present a certificate one of them signed.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the files are checked for changes (certificate rotation).
+    #[serde(default = "default_tls_check_interval")]
+    pub check_interval: HumanDuration,
+    /// Longest a client may take to complete the TLS handshake.
+    #[serde(default = "default_tls_handshake_timeout")]
+    pub handshake_timeout: HumanDuration,
+}
+
+fn default_tls_check_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+
+fn default_tls_handshake_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
 }
 
 impl Default for ReceiveConfig {
@@ -215,8 +256,57 @@ impl Default for ReceiveConfig {
             max_concurrent_requests: 256,
             max_spans_per_request: 100_000,
             max_attributes_per_span: 1024,
-            max_attribute_bytes: ByteSize(64 << 10),
+            max_attribute_bytes: None,
             max_connections: 4096,
+            tls: None,
+            header_read_timeout: HumanDuration(Duration::from_secs(10)),
+            idle_timeout: HumanDuration(Duration::from_secs(60)),
+            http2_keepalive_interval: HumanDuration(Duration::from_secs(30)),
+            http2_keepalive_timeout: HumanDuration(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// `[auth]`: API keys on the receive listeners, each mapped to the tenant it writes as.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// TOML file with a `[keys]` table `"<api key>" = "<tenant id>"`; re-read on SIGHUP and
+    /// `POST /api/v1/rules/reload`.
+    pub keys_file: Option<PathBuf>,
+    /// Header (gRPC metadata key) carrying the key, as `Bearer <key>` or the bare key.
+    pub header: String,
+    /// Refuse requests without a known key (gRPC UNAUTHENTICATED, HTTP 401).
+    pub require_key: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            keys_file: None,
+            header: default_auth_header(),
+            require_key: false,
+        }
+    }
+}
+
+fn default_auth_header() -> String {
+    "authorization".into()
+}
+
+impl AuthConfig {
+    fn problems(&self, out: &mut Vec<String>) {
+        if http::HeaderName::from_bytes(self.header.to_ascii_lowercase().as_bytes()).is_err() {
+            out.push(format!(
+                "auth.header {:?} is not a valid header name (e.g. \"authorization\" or \"x-api-key\")",
+                self.header
+            ));
+        }
+        if self.require_key && self.keys_file.is_none() {
+            out.push(
+                "auth.require_key = true needs auth.keys_file (otherwise every request is refused)"
+                    .into(),
+            );
         }
     }
 }
@@ -522,6 +612,24 @@ pub struct ExportConfig {
     pub tls_key_file: Option<PathBuf>,
     /// Name sent as SNI and verified in the server certificate instead of the endpoint's host.
     pub tls_server_name: Option<String>,
+    /// `[export.tls]`, the documented spelling of the four `tls_*` keys above (which stay as
+    /// aliases); moved into them when the config is loaded.
+    #[serde(rename = "tls")]
+    pub tls_table: Option<ExportTlsConfig>,
+}
+
+/// `[export.tls]`: how the exporters verify the backend and identify themselves to it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportTlsConfig {
+    /// Extra PEM CA certificates trusted besides the built-in roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain (mTLS); needs `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// SNI and verification name instead of the endpoint's host.
+    pub server_name: Option<String>,
 }
 
 impl ExportConfig {
@@ -623,7 +731,30 @@ impl Default for ExportConfig {
             tls_cert_file: None,
             tls_key_file: None,
             tls_server_name: None,
+            tls_table: None,
         }
+    }
+}
+
+impl ExportConfig {
+    /// Moves `[export.tls]` into the flat `tls_*` fields the exporters read; setting a key in
+    /// both spellings is a problem.
+    fn merge_tls_table(&mut self, problems: &mut Vec<String>) {
+        let Some(table) = self.tls_table.take() else {
+            return;
+        };
+        let flat = self.tls_keys_set();
+        if !flat.is_empty() {
+            problems.push(format!(
+                "[export.tls] and export.{} are both set: use only the [export.tls] table (ca_file, cert_file, key_file, server_name)",
+                flat.join(", export.")
+            ));
+            return;
+        }
+        self.tls_ca_file = table.ca_file;
+        self.tls_cert_file = table.cert_file;
+        self.tls_key_file = table.key_file;
+        self.tls_server_name = table.server_name;
     }
 }
 
@@ -915,6 +1046,7 @@ impl Config {
             message: e.to_string().trim_end().to_string(),
         })?;
         let mut problems = config.export.headers.expand_env(lookup);
+        config.export.merge_tls_table(&mut problems);
         config.problems(&mut problems);
         if problems.is_empty() {
             Ok(config)
@@ -942,9 +1074,9 @@ impl Config {
 
     fn problems(&self, problems: &mut Vec<String>) {
         let b = &self.buffer;
-        if b.root_grace.0 >= b.trace_timeout.0 {
+        if b.root_grace.0 > b.trace_timeout.0 {
             problems.push(format!(
-                "buffer.root_grace ({}) must be shorter than buffer.trace_timeout ({})",
+                "buffer.root_grace ({}) must not exceed buffer.trace_timeout ({})",
                 b.root_grace, b.trace_timeout
             ));
         }
@@ -962,6 +1094,30 @@ impl Config {
         }
         if let Some(cluster) = &self.cluster {
             cluster.problems(problems);
+        }
+        if let Some(auth) = &self.auth {
+            auth.problems(problems);
+        }
+        let r = &self.receive;
+        if r.idle_timeout.0 <= r.queue_timeout.0 {
+            problems.push(format!(
+                "receive.idle_timeout ({}) must be longer than receive.queue_timeout ({}): a request waiting for room would be cut off",
+                r.idle_timeout, r.queue_timeout
+            ));
+        }
+        for (key, d) in [
+            ("header_read_timeout", r.header_read_timeout),
+            ("http2_keepalive_interval", r.http2_keepalive_interval),
+            ("http2_keepalive_timeout", r.http2_keepalive_timeout),
+        ] {
+            if d.0 < Duration::from_millis(100) {
+                problems.push(format!("receive.{key} must be at least 100ms"));
+            }
+        }
+        if let Some(tls) = &r.tls {
+            if tls.check_interval.0 < Duration::from_millis(100) {
+                problems.push("receive.tls.check_interval must be at least 100ms".into());
+            }
         }
         if self.receive.max_concurrent_requests == 0 {
             problems.push("receive.max_concurrent_requests must be at least 1".into());
@@ -1096,6 +1252,20 @@ listen = "127.0.0.1:8080"
     }
 
     #[test]
+    fn root_grace_equal_to_trace_timeout_is_accepted_and_only_longer_is_an_error() {
+        let equal = "[buffer]\nroot_grace = \"30s\"\ntrace_timeout = \"30s\"\n";
+        assert!(Config::parse(equal, Path::new("c.toml")).is_ok());
+        let longer = "[buffer]\nroot_grace = \"31s\"\ntrace_timeout = \"30s\"\n";
+        let err = Config::parse(longer, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("must not exceed buffer.trace_timeout"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn inconsistent_values_are_reported_together() {
         let err = Config::parse(
             "[buffer]\nroot_grace = \"40s\"\nmax_spans_per_trace = 0\n",
@@ -1199,6 +1369,59 @@ listen = "127.0.0.1:8080"
             .unwrap_err()
             .to_string();
         assert!(err.contains("brotli"), "{err}");
+    }
+
+    #[test]
+    fn the_export_tls_table_is_the_flat_keys_and_setting_both_is_an_error() {
+        let table = format!(
+            "{HOSTED}[export.tls]\nca_file = \"ca.pem\"\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nserver_name = \"api.example.com\"\n"
+        );
+        let c = Config::parse(&table, Path::new("c.toml")).unwrap();
+        assert_eq!(c.export.tls_ca_file, Some(PathBuf::from("ca.pem")));
+        assert_eq!(c.export.tls_cert_file, Some(PathBuf::from("c.pem")));
+        assert_eq!(c.export.tls_key_file, Some(PathBuf::from("k.pem")));
+        assert_eq!(c.export.tls_server_name.as_deref(), Some("api.example.com"));
+        let flat = Config::parse(
+            &format!("{HOSTED}tls_ca_file = \"ca.pem\"\n"),
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(flat.export.tls_ca_file, Some(PathBuf::from("ca.pem")));
+        let both = format!("{HOSTED}tls_ca_file = \"ca.pem\"\n[export.tls]\nca_file = \"x.pem\"\n");
+        let err = Config::parse(&both, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[export.tls] and export.tls_ca_file are both set"),
+            "{err}"
+        );
+        let typo = format!("{HOSTED}[export.tls]\nca_fil = \"x.pem\"\n");
+        assert!(Config::parse(&typo, Path::new("c.toml")).is_err());
+    }
+
+    #[test]
+    fn the_receive_security_surface_parses_with_its_documented_names() {
+        let text = "[receive]\nheader_read_timeout = \"5s\"\nidle_timeout = \"30s\"\n[receive.tls]\ncert_file = \"/etc/tailsift/tls.crt\"\nkey_file = \"/etc/tailsift/tls.key\"\nclient_ca_file = \"/etc/tailsift/clients-ca.crt\"\n[auth]\nkeys_file = \"/etc/tailsift/keys.toml\"\nheader = \"x-api-key\"\nrequire_key = true\n";
+        let c = Config::parse(text, Path::new("c.toml")).unwrap();
+        let tls = c.receive.tls.unwrap();
+        assert_eq!(tls.check_interval.0, Duration::from_secs(5));
+        assert!(tls.client_ca_file.is_some());
+        let auth = c.auth.unwrap();
+        assert!(auth.require_key);
+        assert_eq!(auth.header, "x-api-key");
+        assert_eq!(c.receive.max_attribute_bytes, None);
+        let err = Config::parse("[auth]\nrequire_key = true\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("auth.require_key = true needs auth.keys_file"),
+            "{err}"
+        );
+        assert!(Config::parse("[receive.tls]\ncert_file = \"a\"\n", Path::new("c.toml")).is_err());
+        let err = Config::parse("[receive]\nidle_timeout = \"1s\"\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("receive.idle_timeout"), "{err}");
     }
 
     #[test]

@@ -421,6 +421,19 @@ fn check(path: Option<&PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    if let Some(tls) = &config.receive.tls {
+        let stats = std::sync::Arc::new(tailsift::stats::Stats::default());
+        if let Err(e) = tailsift::receive::tls::ServerTls::load(tls, stats) {
+            println!("{e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Some(auth) = &config.auth {
+        if let Err(e) = tailsift::receive::auth::ApiKeys::load(auth) {
+            println!("{e}");
+            return ExitCode::FAILURE;
+        }
+    }
     match tailsift::reload::load_rules(&config.rules.file) {
         Ok((rules, source)) => {
             for w in rules.warnings() {

@@ -242,6 +242,21 @@ impl LiveRules {
     }
 }
 
+/// A hook run before every rules reload (SIGHUP, `POST /api/v1/rules/reload`), such as
+/// re-reading `cluster.peers` or the API keys file.
+pub type ReloadHook = Arc<dyn Fn() + Send + Sync>;
+
+/// One hook running `first` then `second`, whichever are present.
+pub fn chain_hooks(first: Option<ReloadHook>, second: Option<ReloadHook>) -> Option<ReloadHook> {
+    match (first, second) {
+        (Some(a), Some(b)) => Some(Arc::new(move || {
+            a();
+            b();
+        })),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Why the rules file cannot be watched (the proxy still runs; SIGHUP and the API reload).
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {

@@ -55,6 +55,25 @@ pub struct Stats {
     pub forward_queue_bytes: AtomicI64,
     /// Per-tenant counts over sliding windows, and the decision-latency histogram.
     pub tenants: tenant::TenantTable,
+    /// What the receive listeners' security settings did (truncation, keys, TLS, timeouts).
+    pub receive: ReceiveCounters,
+}
+
+/// Counters of the receive side's protections, so each refusal or rewrite is visible.
+#[derive(Debug, Default)]
+pub struct ReceiveCounters {
+    /// String attribute values cut to `receive.max_attribute_bytes`.
+    pub attributes_truncated: AtomicU64,
+    /// Requests refused by `[auth]` because they carried no key.
+    pub auth_missing: AtomicU64,
+    /// Requests refused by `[auth]` because their key is not in the keys file.
+    pub auth_unknown: AtomicU64,
+    /// Resources whose tenant attribute named another tenant than their API key's.
+    pub tenant_overridden: AtomicU64,
+    /// Receive certificates (re)loaded after a change on disk.
+    pub tls_reloads: AtomicU64,
+    /// Changed receive certificate files that could not be used (the old ones stay).
+    pub tls_reload_failures: AtomicU64,
 }
 
 fn cause_index(cause: DecideCause) -> usize {
@@ -180,6 +199,42 @@ impl Stats {
                 value.load(Relaxed)
             );
         }
+        let r = &self.receive;
+        let receive: [(&str, &str, &AtomicU64); 4] = [
+            (
+                "tailsift_attributes_truncated_total",
+                "String attribute values truncated to receive.max_attribute_bytes",
+                &r.attributes_truncated,
+            ),
+            (
+                "tailsift_auth_tenant_overridden_total",
+                "Resources whose tenant attribute was replaced by their API key's tenant",
+                &r.tenant_overridden,
+            ),
+            (
+                "tailsift_tls_reloads_total",
+                "Receive TLS certificates reloaded after the files changed",
+                &r.tls_reloads,
+            ),
+            (
+                "tailsift_tls_reload_failures_total",
+                "Changed receive TLS files that could not be used (the previous ones stay)",
+                &r.tls_reload_failures,
+            ),
+        ];
+        for (name, help, value) in receive {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tailsift_auth_refused_total Requests refused by [auth], by reason\n# TYPE tailsift_auth_refused_total counter\ntailsift_auth_refused_total{{reason=\"missing\"}} {}\ntailsift_auth_refused_total{{reason=\"unknown\"}} {}",
+            r.auth_missing.load(Relaxed),
+            r.auth_unknown.load(Relaxed)
+        );
         let _ = writeln!(out, "# HELP tailsift_spans_dropped_total Spans not delivered, by reason\n# TYPE tailsift_spans_dropped_total counter");
         for reason in DropReason::ALL {
             let _ = writeln!(

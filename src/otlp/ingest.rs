@@ -31,8 +31,9 @@ pub struct IngestOptions {
 pub struct SpanLimits {
     /// Most attributes on one span.
     pub max_attributes_per_span: usize,
-    /// Largest encoded attribute (key and value) on a span.
-    pub max_attribute_bytes: usize,
+    /// Longest string attribute value (span and event attributes) kept whole; a longer one is
+    /// truncated and the span marked, never refused. `None`: no limit.
+    pub max_attribute_bytes: Option<usize>,
     /// Most spans in one request; spans beyond it are refused.
     pub max_spans_per_request: usize,
 }
@@ -41,7 +42,7 @@ impl Default for SpanLimits {
     fn default() -> Self {
         SpanLimits {
             max_attributes_per_span: 1024,
-            max_attribute_bytes: 64 << 10,
+            max_attribute_bytes: None,
             max_spans_per_request: 100_000,
         }
     }
@@ -58,6 +59,10 @@ pub struct Ingested {
     pub error_message: Option<String>,
     /// Refused spans per tenant (for per-tenant `invalid` counts).
     pub rejected_by_tenant: Vec<(TenantId, u64)>,
+    /// String attribute values truncated to `max_attribute_bytes`.
+    pub truncated_attributes: u64,
+    /// Resources whose tenant attribute named another tenant than the API key's.
+    pub tenant_overridden: u64,
 }
 
 impl Ingested {
@@ -85,6 +90,18 @@ pub fn ingest_request(
     header_tenant: Option<&TenantId>,
     options: &IngestOptions,
 ) -> Result<Ingested, WireError> {
+    ingest_request_as(request, header_tenant, None, options)
+}
+
+/// Like [`ingest_request`] for a request authenticated with an API key: `key_tenant`, when
+/// set, is every span's tenant whatever the resource or the header says, and a resource whose
+/// tenant attribute names another tenant is rewritten to name the key's (and counted).
+pub fn ingest_request_as(
+    request: &Bytes,
+    header_tenant: Option<&TenantId>,
+    key_tenant: Option<&TenantId>,
+    options: &IngestOptions,
+) -> Result<Ingested, WireError> {
     let mut out = Ingested::default();
     // Encoded spans run 100–1000 bytes; reserving for ~200 avoids most regrowth of the vector.
     out.spans.reserve(request.len() / 200);
@@ -92,7 +109,7 @@ pub fn ingest_request(
     while let Some((field, wire_type)) = reader.key()? {
         if field == 1 {
             let range = reader.expect_len(wire_type)?;
-            read_resource_spans(request, range, header_tenant, options, &mut out)?;
+            read_resource_spans(request, range, header_tenant, key_tenant, options, &mut out)?;
         } else {
             reader.skip(wire_type)?;
         }
@@ -125,6 +142,7 @@ fn read_resource_spans(
     request: &Bytes,
     range: std::ops::Range<usize>,
     header_tenant: Option<&TenantId>,
+    key_tenant: Option<&TenantId>,
     options: &IngestOptions,
     out: &mut Ingested,
 ) -> Result<(), WireError> {
@@ -132,12 +150,24 @@ fn read_resource_spans(
     let mut scopes = Vec::new();
     let (resource, schema) = read_container(&request[range], &mut scopes)?;
     // Origins are copied out so a held span never pins the request buffer through them.
-    let resource_bytes =
+    let mut resource_bytes =
         Bytes::copy_from_slice(&request[base + resource.start..base + resource.end]);
-    let tenant = resource_tenant(&resource_bytes, &options.tenant_attribute)?
-        .map(|t| TenantId::new(&t))
-        .or_else(|| header_tenant.cloned())
-        .unwrap_or_else(|| options.default_tenant.clone());
+    let named = resource_tenant(&resource_bytes, &options.tenant_attribute)?;
+    let tenant = match key_tenant {
+        Some(key) => {
+            if named.as_deref().is_some_and(|n| n != key.as_str()) {
+                out.tenant_overridden += 1;
+                resource_bytes =
+                    set_resource_tenant(&resource_bytes, &options.tenant_attribute, key)
+                        .map_err(|_| WireError::Truncated("resource"))?;
+            }
+            key.clone()
+        }
+        None => named
+            .map(|t| TenantId::new(&t))
+            .or_else(|| header_tenant.cloned())
+            .unwrap_or_else(|| options.default_tenant.clone()),
+    };
     let schema_bytes = Bytes::copy_from_slice(&request[base + schema.start..base + schema.end]);
     for scope_range in scopes {
         let scope_base = base + scope_range.start;
@@ -200,9 +230,24 @@ fn read_scope_spans(
             );
             continue;
         }
-        match index_span(span_bytes, &options.reserved_attributes, &options.limits) {
+        let bytes = match options.limits.max_attribute_bytes {
+            Some(limit) if super::truncate::needs_truncation(span_bytes, limit) => {
+                match super::truncate::truncate_span(span_bytes, limit) {
+                    Ok((bytes, cut)) => {
+                        out.truncated_attributes += cut;
+                        bytes
+                    }
+                    Err(e) => {
+                        out.reject(tenant, format!("span is not valid protobuf: {e}"));
+                        continue;
+                    }
+                }
+            }
+            _ => request.slice(base + span_range.start..base + span_range.end),
+        };
+        match index_span(&bytes, &options.reserved_attributes, &options.limits) {
             Ok(index) => out.spans.push(SpanRecord {
-                bytes: request.slice(base + span_range.start..base + span_range.end),
+                bytes,
                 origin: origin.clone(),
                 index,
             }),
@@ -248,13 +293,6 @@ pub fn index_span(
                     return Err(format!(
                         "span has more than {} attributes (receive.max_attributes_per_span)",
                         limits.max_attributes_per_span
-                    ));
-                }
-                if kv.len() > limits.max_attribute_bytes {
-                    return Err(format!(
-                        "span attribute of {} bytes exceeds receive.max_attribute_bytes ({})",
-                        kv.len(),
-                        limits.max_attribute_bytes
                     ));
                 }
                 if !reserved_attributes.is_empty() {
@@ -330,6 +368,28 @@ fn resource_tenant(resource: &[u8], attribute: &str) -> Result<Option<String>, W
             _ => None,
         },
     )
+}
+
+/// A copy of an encoded `Resource` whose `attribute` names `tenant` (slow path: only for a
+/// request whose API key's tenant differs from what its resource says).
+fn set_resource_tenant(
+    resource: &[u8],
+    attribute: &str,
+    tenant: &TenantId,
+) -> Result<Bytes, prost::DecodeError> {
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue as PbValue, KeyValue};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use prost::Message;
+    let mut decoded = Resource::decode(resource)?;
+    decoded.attributes.retain(|kv| kv.key != attribute);
+    decoded.attributes.push(KeyValue {
+        key: attribute.to_string(),
+        value: Some(PbValue {
+            value: Some(any_value::Value::StringValue(tenant.as_str().to_string())),
+        }),
+        ..Default::default()
+    });
+    Ok(Bytes::from(decoded.encode_to_vec()))
 }
 
 /// FNV-1a, used for origin content hashes (fast on short inputs, no dependency).

@@ -19,10 +19,73 @@ pub enum JsonError {
     Decode(#[from] prost::DecodeError),
 }
 
-/// Converts an OTLP/JSON `ExportTraceServiceRequest` into its protobuf encoding.
+/// Converts an OTLP/JSON `ExportTraceServiceRequest` into its protobuf encoding. Span kinds and
+/// status codes may be numbers or their enum names (`"SPAN_KIND_SERVER"`,
+/// `"STATUS_CODE_ERROR"`), as the Collector accepts both.
 pub fn json_to_protobuf(body: &[u8]) -> Result<Bytes, JsonError> {
-    let request: ExportTraceServiceRequest = serde_json::from_slice(body)?;
+    let request: ExportTraceServiceRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        // The slow path: only a body that did not parse as is is read again with enum names
+        // replaced by their numbers.
+        Err(first) => {
+            let mut value: serde_json::Value = match serde_json::from_slice(body) {
+                Ok(v) => v,
+                Err(_) => return Err(JsonError::Parse(first)),
+            };
+            if !numbers_for_enum_names(&mut value) {
+                return Err(JsonError::Parse(first));
+            }
+            serde_json::from_value(value)?
+        }
+    };
     Ok(Bytes::from(request.encode_to_vec()))
+}
+
+/// Replaces span `kind` and status `code` enum names with their numbers; whether any changed.
+fn numbers_for_enum_names(request: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    const KINDS: [&str; 6] = [
+        "SPAN_KIND_UNSPECIFIED",
+        "SPAN_KIND_INTERNAL",
+        "SPAN_KIND_SERVER",
+        "SPAN_KIND_CLIENT",
+        "SPAN_KIND_PRODUCER",
+        "SPAN_KIND_CONSUMER",
+    ];
+    const CODES: [&str; 3] = ["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"];
+    fn replace(slot: Option<&mut Value>, names: &[&str]) -> bool {
+        let Some(slot) = slot else { return false };
+        let number = match slot.as_str() {
+            Some(name) => names.iter().position(|n| *n == name),
+            None => None,
+        };
+        match number {
+            Some(n) => {
+                *slot = Value::from(n);
+                true
+            }
+            None => false,
+        }
+    }
+    fn children<'a>(v: &'a mut Value, key: &str) -> impl Iterator<Item = &'a mut Value> {
+        v.get_mut(key)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+    }
+    let mut changed = false;
+    for rs in children(request, "resourceSpans") {
+        for ss in children(rs, "scopeSpans") {
+            for span in children(ss, "spans") {
+                changed |= replace(span.get_mut("kind"), &KINDS);
+                changed |= replace(
+                    span.get_mut("status").and_then(|s| s.get_mut("code")),
+                    &CODES,
+                );
+            }
+        }
+    }
+    changed
 }
 
 /// Writes an encoded `ExportTraceServiceRequest` as one line of OTLP/JSON.
@@ -65,6 +128,24 @@ mod tests {
         let text = String::from_utf8(line).unwrap();
         assert!(text.contains("0102030405060708090a0b0c0d0e0f10"), "{text}");
         assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn enum_names_are_accepted_as_well_as_numbers() {
+        let json = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"0102030405060708090a0b0c0d0e0f10","spanId":"0102030405060708",
+          "name":"GET /","kind":"SPAN_KIND_SERVER","status":{"code":"STATUS_CODE_ERROR"}},
+          {"traceId":"0102030405060708090a0b0c0d0e0f10","spanId":"0102030405060709","kind":3,"status":{"code":1}}]}]}]}"#;
+        let pb = json_to_protobuf(json).unwrap();
+        let req = ExportTraceServiceRequest::decode(&pb[..]).unwrap();
+        let spans = &req.resource_spans[0].scope_spans[0].spans;
+        assert_eq!(spans[0].kind, 2);
+        assert_eq!(spans[0].status.as_ref().unwrap().code, 2);
+        assert_eq!(spans[1].kind, 3);
+        assert_eq!(spans[1].status.as_ref().unwrap().code, 1);
+        assert!(json_to_protobuf(
+            br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"kind":"SPAN_KIND_SIDEWAYS"}]}]}]}"#
+        )
+        .is_err());
     }
 
     #[test]

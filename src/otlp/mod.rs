@@ -8,6 +8,7 @@ pub mod codec;
 pub mod encode;
 pub mod ingest;
 pub mod json;
+pub mod truncate;
 pub mod wire;
 
 use wire::{Reader, WireError, FIXED64, LEN, VARINT};
@@ -169,6 +170,7 @@ mod tests {
     use super::testdata::*;
     use super::*;
     use crate::model::{StatusCode, TenantId};
+    use prost::Message;
 
     fn options() -> IngestOptions {
         IngestOptions {
@@ -248,19 +250,27 @@ mod tests {
         big.attributes.push(kv("blob", &"x".repeat(500)));
         let req = request(
             "a",
-            vec![span(1, 1, 0, false), many, big, span(4, 1, 0, false)],
+            vec![
+                span(1, 1, 0, false),
+                many,
+                big,
+                span(4, 1, 0, false),
+                span(5, 1, 0, false),
+            ],
         );
         let mut opts = options();
         opts.limits = super::ingest::SpanLimits {
             max_attributes_per_span: 4,
-            max_attribute_bytes: 256,
-            max_spans_per_request: 2,
+            max_attribute_bytes: Some(256),
+            max_spans_per_request: 3,
         };
         let out = ingest_request(&encoded(&req), None, &opts).unwrap();
-        // Span 1 is accepted, `many` is over the attribute count, `big` over the attribute
-        // size, and span 4 is the second accepted span, within the per-request limit of 2.
-        assert_eq!(out.spans.len(), 2);
+        // Span 1 is accepted, `many` is over the attribute count, `big` is kept with its long
+        // value truncated, span 4 is the third accepted span and span 5 is over the
+        // per-request limit of 3.
+        assert_eq!(out.spans.len(), 3);
         assert_eq!(out.rejected, 2);
+        assert_eq!(out.truncated_attributes, 1);
         assert!(out
             .error_message
             .unwrap()
@@ -268,7 +278,38 @@ mod tests {
         opts.limits.max_spans_per_request = 1;
         let out = ingest_request(&encoded(&req), None, &opts).unwrap();
         assert_eq!(out.spans.len(), 1);
-        assert_eq!(out.rejected, 3);
+        assert_eq!(out.rejected, 4);
+    }
+
+    #[test]
+    fn an_api_key_tenant_overrides_resource_and_header_and_rewrites_the_resource() {
+        let req = request("b", vec![span(1, 1, 0, false)]);
+        let key = TenantId::new("a");
+        let out = super::ingest::ingest_request_as(
+            &encoded(&req),
+            Some(&TenantId::new("hdr")),
+            Some(&key),
+            &options(),
+        )
+        .unwrap();
+        assert_eq!(out.spans[0].origin.tenant.as_str(), "a");
+        assert_eq!(out.tenant_overridden, 1);
+        assert_eq!(
+            find_attribute(&out.spans[0].origin.resource, 1, b"tenant.id").unwrap(),
+            Some(AnyValue::Str("a"))
+        );
+    }
+
+    #[test]
+    fn without_a_limit_large_attributes_pass_byte_identical() {
+        let mut big = span(3, 1, 0, false);
+        big.attributes
+            .push(kv("exception.stacktrace", &"x".repeat(200 << 10)));
+        let req = request("a", vec![big.clone()]);
+        let out = ingest_request(&encoded(&req), None, &options()).unwrap();
+        assert_eq!(out.spans.len(), 1);
+        assert_eq!(out.truncated_attributes, 0);
+        assert_eq!(&out.spans[0].bytes[..], &big.encode_to_vec()[..]);
     }
 
     #[test]

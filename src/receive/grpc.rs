@@ -61,6 +61,11 @@ where
             if req.uri().path() != EXPORT_PATH {
                 return Ok(Status::unimplemented("only TraceService/Export is served").into_http());
             }
+            // Keys are checked before any of the body is read.
+            let key_tenant = match receiver.authenticate(req.headers()) {
+                Ok(t) => t,
+                Err(err) => return Ok(status_for(&err).into_http()),
+            };
             let limit = receiver.max_request_bytes;
             let req = req.map(|body| LimitedBody::new(body, limit));
             let mut grpc = tonic::server::Grpc::new(RawCodec)
@@ -70,13 +75,22 @@ where
                 // The body wrapper enforces the limit first with RESOURCE_EXHAUSTED; this is
                 // tonic's own backstop (and the limit for decompressed messages).
                 .max_decoding_message_size(limit.saturating_add(1));
-            Ok(grpc.unary(ExportMethod { receiver }, req).await)
+            Ok(grpc
+                .unary(
+                    ExportMethod {
+                        receiver,
+                        key_tenant,
+                    },
+                    req,
+                )
+                .await)
         })
     }
 }
 
 struct ExportMethod {
     receiver: Arc<Receiver>,
+    key_tenant: Option<TenantId>,
 }
 
 impl UnaryService<Bytes> for ExportMethod {
@@ -85,6 +99,7 @@ impl UnaryService<Bytes> for ExportMethod {
 
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let receiver = self.receiver.clone();
+        let key_tenant = self.key_tenant.clone();
         Box::pin(async move {
             let tenant = request
                 .metadata()
@@ -93,7 +108,7 @@ impl UnaryService<Bytes> for ExportMethod {
                 .filter(|v| !v.is_empty())
                 .map(TenantId::new);
             let body = request.into_inner();
-            match receiver.accept(body, tenant).await {
+            match receiver.accept_as(body, tenant, key_tenant).await {
                 Ok(accepted) => {
                     let response =
                         export_response(accepted.rejected, accepted.error_message.as_deref());
@@ -110,6 +125,7 @@ pub fn status_for(err: &ReceiveError) -> Status {
     match err {
         ReceiveError::Invalid(m) => Status::invalid_argument(m.clone()),
         ReceiveError::TooLarge { .. } => Status::resource_exhausted(err.to_string()),
+        ReceiveError::Unauthenticated(m) => Status::unauthenticated(m.clone()),
         ReceiveError::Unavailable(m) => {
             Status::with_details(Code::Unavailable, m.clone(), retry_info(1).into())
         }

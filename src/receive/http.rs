@@ -59,6 +59,11 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
             &format!("unsupported Content-Type {content_type:?}: use application/x-protobuf or application/json"),
         );
     };
+    // Keys are checked before any of the body is read.
+    let key_tenant = match state.receiver.authenticate(&headers) {
+        Ok(t) => t,
+        Err(err) => return error(encoding, StatusCode::UNAUTHORIZED, &err.to_string()),
+    };
     let Ok(_permit) = state.concurrency.try_acquire() else {
         return error(
             encoding,
@@ -107,7 +112,7 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty())
         .map(TenantId::new);
-    match receiver.accept(body, tenant).await {
+    match receiver.accept_as(body, tenant, key_tenant).await {
         Ok(accepted) => {
             let response = export_response(accepted.rejected, accepted.error_message.as_deref());
             match encoding {
@@ -132,6 +137,7 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
                 ReceiveError::Invalid(_) => StatusCode::BAD_REQUEST,
                 ReceiveError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 ReceiveError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                ReceiveError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             };
             error(encoding, status, &err.to_string())
         }
@@ -184,6 +190,7 @@ fn error(encoding: Encoding, status: StatusCode, message: &str) -> Response {
         StatusCode::PAYLOAD_TOO_LARGE => 8,
         StatusCode::SERVICE_UNAVAILABLE => 14,
         StatusCode::UNSUPPORTED_MEDIA_TYPE => 3,
+        StatusCode::UNAUTHORIZED => 16,
         _ => 2,
     };
     let mut response = match encoding {
@@ -212,4 +219,59 @@ fn error(encoding: Encoding, status: StatusCode, message: &str) -> Response {
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
     }
     response
+}
+
+/// Timeouts of the OTLP/HTTP listener's connections.
+#[derive(Clone, Copy, Debug)]
+pub struct ServeOptions {
+    /// HTTP/1: a request's headers must arrive within this (slowloris).
+    pub header_read_timeout: std::time::Duration,
+    /// HTTP/2: ping interval.
+    pub keepalive_interval: std::time::Duration,
+    /// HTTP/2: how long a ping may go unanswered.
+    pub keepalive_timeout: std::time::Duration,
+}
+
+/// Serves `app` on `incoming` (HTTP/1.1 and HTTP/2, over TLS when the connections are) until
+/// `shutdown` completes, then lets open requests finish.
+pub async fn serve(
+    mut incoming: super::conn::Incoming,
+    app: Router,
+    options: ServeOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(options.keepalive_interval)
+        .keep_alive_timeout(options.keepalive_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            s = incoming.next() => match s {
+                Some(s) => s,
+                None => break,
+            },
+            _ = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "OTLP/HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(incoming);
+    graceful.shutdown().await;
 }

@@ -2,10 +2,12 @@
 //! spans, refuse invalid spans one by one (partial success), and hand the rest to the route
 //! stage. Overload answers with the codes OTLP clients retry.
 
+pub mod auth;
 pub mod conn;
 pub mod grpc;
 pub mod http;
 pub mod peer;
+pub mod tls;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::model::{DropReason, TenantId};
-use crate::otlp::ingest::{ingest_request, IngestOptions};
+use crate::otlp::ingest::{ingest_request_as, IngestOptions};
 use crate::route::{RouteError, Router};
 use crate::stats::Stats;
 
@@ -43,6 +45,9 @@ pub enum ReceiveError {
     /// Full or shutting down (UNAVAILABLE / HTTP 503, retryable).
     #[error("{0}")]
     Unavailable(String),
+    /// No known API key while `[auth] require_key` is set (UNAUTHENTICATED / HTTP 401).
+    #[error("{0}")]
+    Unauthenticated(String),
 }
 
 /// What both listeners share: limits, tenant resolution and the route into the buffer.
@@ -57,6 +62,7 @@ pub struct Receiver {
     max_buffered_bytes: i64,
     export_high_water: i64,
     accepting: AtomicBool,
+    api_keys: Option<Arc<auth::ApiKeys>>,
 }
 
 impl Receiver {
@@ -79,7 +85,42 @@ impl Receiver {
             max_buffered_bytes: max_buffered_bytes as i64,
             export_high_water: (export_queue_max_bytes / 4 * 3) as i64,
             accepting: AtomicBool::new(true),
+            api_keys: None,
         }
+    }
+
+    /// Checks requests' API keys against `keys` (`[auth]`).
+    pub fn with_api_keys(mut self, keys: Option<Arc<auth::ApiKeys>>) -> Self {
+        self.api_keys = keys;
+        self
+    }
+
+    /// The tenant a request's API key writes as (`None`: no `[auth]`, or no known key while
+    /// keys are optional); refused and counted per reason when `require_key` is set.
+    pub fn authenticate(
+        &self,
+        headers: &::http::HeaderMap,
+    ) -> Result<Option<TenantId>, ReceiveError> {
+        let Some(keys) = &self.api_keys else {
+            return Ok(None);
+        };
+        keys.check(headers).map_err(|refusal| {
+            let counters = &self.stats.receive;
+            let why = match refusal {
+                auth::Refusal::Missing => {
+                    counters.auth_missing.fetch_add(1, Relaxed);
+                    "no API key"
+                }
+                auth::Refusal::Unknown => {
+                    counters.auth_unknown.fetch_add(1, Relaxed);
+                    "unknown API key"
+                }
+            };
+            ReceiveError::Unauthenticated(format!(
+                "{why} in the {:?} header (\"Bearer <key>\" or the bare key)",
+                keys.header()
+            ))
+        })
     }
 
     /// Counts a request refused before it reached [`Receiver::accept`] (bad encoding or size).
@@ -98,6 +139,16 @@ impl Receiver {
         &self,
         body: Bytes,
         header_tenant: Option<TenantId>,
+    ) -> Result<Accepted, ReceiveError> {
+        self.accept_as(body, header_tenant, None).await
+    }
+
+    /// Like [`Receiver::accept`] for a request whose API key writes as `key_tenant`.
+    pub async fn accept_as(
+        &self,
+        body: Bytes,
+        header_tenant: Option<TenantId>,
+        key_tenant: Option<TenantId>,
     ) -> Result<Accepted, ReceiveError> {
         self.stats.requests_received.fetch_add(1, Relaxed);
         if !self.accepting.load(Relaxed) {
@@ -128,12 +179,24 @@ impl Receiver {
                 limit: self.max_request_bytes,
             });
         }
-        let ingested =
-            ingest_request(&body, header_tenant.as_ref(), &self.options).map_err(|e| {
-                self.stats.requests_invalid.fetch_add(1, Relaxed);
-                ReceiveError::Invalid(format!("cannot decode ExportTraceServiceRequest: {e}"))
-            })?;
+        let ingested = ingest_request_as(
+            &body,
+            header_tenant.as_ref(),
+            key_tenant.as_ref(),
+            &self.options,
+        )
+        .map_err(|e| {
+            self.stats.requests_invalid.fetch_add(1, Relaxed);
+            ReceiveError::Invalid(format!("cannot decode ExportTraceServiceRequest: {e}"))
+        })?;
         let n = ingested.spans.len() as u64;
+        let counters = &self.stats.receive;
+        counters
+            .attributes_truncated
+            .fetch_add(ingested.truncated_attributes, Relaxed);
+        counters
+            .tenant_overridden
+            .fetch_add(ingested.tenant_overridden, Relaxed);
         match self.router.route(ingested.spans).await {
             Ok(()) => {
                 self.stats.spans_received.fetch_add(n, Relaxed);
