@@ -417,6 +417,11 @@ async fn start_cluster(
     stop_rx: &watch::Receiver<bool>,
     admin_addr: SocketAddr,
 ) -> anyhow::Result<ClusterParts> {
+    if let Some(tls) = &cc.tls {
+        crate::cluster::peer::PeerClientTls::load(tls)
+            .context("loading the [cluster.tls] client certificate")?
+            .install();
+    }
     let me = cc.advertise_address();
     let initial = match cc.membership {
         MembershipKind::Static => cc.peers.clone(),
@@ -496,15 +501,42 @@ async fn start_cluster(
             .initial_connection_window_size(Some(16 << 20))
             .max_frame_size(Some(1 << 20))
             .add_service(peer_service.clone());
-        let incoming = tokio_stream_from(peer_listener);
-        tokio::spawn(async move {
-            let signal = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = server.serve_with_incoming_shutdown(incoming, signal).await {
-                tracing::error!(error = %e, "peer listener failed");
+        let signal = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        match &cc.tls {
+            None => {
+                let incoming = tokio_stream_from(peer_listener);
+                tokio::spawn(async move {
+                    if let Err(e) = server.serve_with_incoming_shutdown(incoming, signal).await {
+                        tracing::error!(error = %e, "peer listener failed");
+                    }
+                })
             }
-        })
+            Some(tls) => {
+                let server_tls = Arc::new(
+                    crate::receive::tls::ServerTls::load(&tls.server_files(), stats.clone())
+                        .context("loading the [cluster.tls] certificate")?,
+                );
+                server_tls.watch(stop_rx.clone());
+                let incoming = crate::receive::conn::Incoming::new(
+                    peer_listener,
+                    crate::receive::conn::ConnOptions {
+                        max_connections: PEER_MAX_CONNECTIONS,
+                        tls: Some(server_tls),
+                        handshake_timeout: Duration::from_secs(10),
+                        idle_timeout: PEER_IDLE_TIMEOUT,
+                    },
+                )
+                .into_stream();
+                tracing::info!(cert_file = %tls.cert_file.display(), "peer protocol speaks mutual TLS");
+                tokio::spawn(async move {
+                    if let Err(e) = server.serve_with_incoming_shutdown(incoming, signal).await {
+                        tracing::error!(error = %e, "peer listener failed");
+                    }
+                })
+            }
+        }
     };
     let provider = start_provider(cc, &membership, stop_rx);
     if provider.is_some() && !membership.wait_first_read(FIRST_MEMBERSHIP_WAIT).await {
@@ -702,6 +734,11 @@ async fn leave_cluster(c: &ClusterParts, stats: &Stats, limit: Duration) {
         }
     }
 }
+
+/// Most peer connections open at once (a few per member).
+const PEER_MAX_CONNECTIONS: usize = 4096;
+/// A peer connection with no traffic (not even keep-alive pings) for this long is closed.
+const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How often a node checks whether spans a peer forwarded belong elsewhere (views disagreed
 /// when they were sent) and, if so, hands them on once the views agree.

@@ -876,6 +876,42 @@ pub struct ClusterConfig {
     /// Longest retry delay of a failed forward.
     #[serde(default = "default_forward_retry_max")]
     pub forward_retry_max: HumanDuration,
+    /// `[cluster.tls]`: mutual TLS between peers; absent: plaintext peer protocol.
+    #[serde(default)]
+    pub tls: Option<PeerTlsConfig>,
+}
+
+/// `[cluster.tls]`: every node presents `cert_file` (as server and as client) and accepts only
+/// peers whose certificate `ca_file` signed.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerTlsConfig {
+    /// PEM certificate chain of this node, leaf first, valid for TLS server and client use.
+    pub cert_file: PathBuf,
+    /// PEM private key of `cert_file`.
+    pub key_file: PathBuf,
+    /// PEM CA certificates that sign the members' certificates (only these are trusted).
+    pub ca_file: PathBuf,
+    /// Name to verify every peer's certificate against, instead of the host of its advertise
+    /// address (e.g. one shared `tailsift-peer` name).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// How often the server side re-reads the files (certificate rotation).
+    #[serde(default = "default_tls_check_interval")]
+    pub check_interval: HumanDuration,
+}
+
+impl PeerTlsConfig {
+    /// The same files as the receive listeners' TLS settings, for the peer listener.
+    pub fn server_files(&self) -> ReceiveTlsConfig {
+        ReceiveTlsConfig {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            client_ca_file: Some(self.ca_file.clone()),
+            check_interval: self.check_interval,
+            handshake_timeout: default_tls_handshake_timeout(),
+        }
+    }
 }
 
 fn default_peer_listen() -> SocketAddr {

@@ -428,6 +428,17 @@ fn check(path: Option<&PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    if let Some(tls) = config.cluster.as_ref().and_then(|c| c.tls.as_ref()) {
+        let stats = std::sync::Arc::new(tailsift::stats::Stats::default());
+        if let Err(e) = tailsift::receive::tls::ServerTls::load(&tls.server_files(), stats) {
+            println!("{e}");
+            return ExitCode::FAILURE;
+        }
+        if let Err(e) = tailsift::cluster::peer::PeerClientTls::load(tls) {
+            println!("{e}");
+            return ExitCode::FAILURE;
+        }
+    }
     if let Some(auth) = &config.auth {
         if let Err(e) = tailsift::receive::auth::ApiKeys::load(auth) {
             println!("{e}");

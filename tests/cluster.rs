@@ -1113,3 +1113,70 @@ async fn a_node_killed_under_load_costs_only_what_it_held_and_the_survivors_keep
         expected_before.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_speak_mutual_tls_and_refuse_a_plaintext_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = support::tls::TestCa::new(dir.path());
+    let backend = RecordingBackend::start().await;
+    let ports = free_ports(3);
+    let sections: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let cert = ca.peer_cert(&format!("node{i}"));
+            format!(
+                "{}[cluster.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n",
+                static_section(*p, &ports),
+                cert.cert_file.display(),
+                cert.key_file.display(),
+                ca.ca_file.display()
+            )
+        })
+        .collect();
+    let nodes = start_nodes(backend.grpc_addr(), &default_rules(), &sections).await;
+    assert!(
+        nodes[0].log().contains("peer protocol speaks mutual TLS"),
+        "{}",
+        nodes[0].log()
+    );
+
+    assert_spread_decided_once(&backend, &nodes, 14).await;
+    let view = cluster_json(&nodes[1]).await;
+    let forwarded: u64 = view["forward_queues"]
+        .as_array()
+        .expect("forward queues")
+        .iter()
+        .map(|q| q["forwarded_spans"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(forwarded > 0, "spans went between peers over TLS: {view}");
+    assert_eq!(
+        view["consistent"], true,
+        "members answered Info over TLS: {view}"
+    );
+
+    // A caller without TLS (and without a member certificate) gets no HTTP/2 connection.
+    let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", peer_addr(ports[0])))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await;
+    if let Ok(channel) = plain {
+        let mut grpc = tonic::client::Grpc::new(channel);
+        let info: Result<tonic::Response<()>, tonic::Status> = async {
+            grpc.ready()
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            grpc.unary(
+                tonic::Request::new(()),
+                http::uri::PathAndQuery::from_static("/tailsift.peer.v1.Peer/Info"),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+        }
+        .await;
+        assert!(info.is_err(), "a plaintext caller got an answer");
+    }
+    stop_all(nodes).await;
+}

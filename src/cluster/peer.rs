@@ -278,10 +278,116 @@ pub struct PeerClient {
     timeout: Duration,
 }
 
+/// How this node speaks TLS to its peers (`[cluster.tls]`), set once at start; unset: the
+/// peer protocol is plaintext. One process is one node, so a process-wide setting is enough.
+static CLIENT_TLS: std::sync::OnceLock<PeerClientTls> = std::sync::OnceLock::new();
+
+/// The client half of `[cluster.tls]`.
+#[derive(Clone)]
+pub struct PeerClientTls {
+    config: Arc<rustls::ClientConfig>,
+    server_name: Option<rustls::pki_types::ServerName<'static>>,
+}
+
+/// Why `[cluster.tls]` cannot be used on the client side.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerTlsError {
+    /// A file could not be read or holds nothing usable.
+    #[error("cluster.tls.{key} {path}: {problem}")]
+    File {
+        /// The config key naming the file.
+        key: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// rustls refused the material.
+    #[error("cluster.tls: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// `server_name` is not a DNS name or an IP address.
+    #[error("cluster.tls.server_name {0:?} must be a DNS name or an IP address")]
+    ServerName(String),
+}
+
+fn pem_certs(
+    key: &'static str,
+    path: &std::path::Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, PeerTlsError> {
+    use rustls::pki_types::pem::PemObject;
+    let file = |problem: String| PeerTlsError::File {
+        key,
+        path: path.to_path_buf(),
+        problem,
+    };
+    let pem = std::fs::read(path).map_err(|e| file(format!("cannot read: {e}")))?;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file(format!("not PEM certificates: {e}")))?;
+    if certs.is_empty() {
+        return Err(file("holds no certificate".into()));
+    }
+    Ok(certs)
+}
+
+impl PeerClientTls {
+    /// Reads the files of `[cluster.tls]`: this node's certificate (presented to peers) and
+    /// the CA that signs every member's certificate (the only one trusted).
+    pub fn load(tls: &crate::config::PeerTlsConfig) -> Result<PeerClientTls, PeerTlsError> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in pem_certs("ca_file", &tls.ca_file)? {
+            roots.add(cert).map_err(|e| PeerTlsError::File {
+                key: "ca_file",
+                path: tls.ca_file.clone(),
+                problem: format!("not a usable CA certificate: {e}"),
+            })?;
+        }
+        let chain = pem_certs("cert_file", &tls.cert_file)?;
+        let key_pem = std::fs::read(&tls.key_file).map_err(|e| PeerTlsError::File {
+            key: "key_file",
+            path: tls.key_file.clone(),
+            problem: format!("cannot read: {e}"),
+        })?;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+            PeerTlsError::File {
+                key: "key_file",
+                path: tls.key_file.clone(),
+                problem: format!("no usable private key: {e}"),
+            }
+        })?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // ALPN (`h2`) is set by the connector.
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)?;
+        let server_name = match &tls.server_name {
+            None => None,
+            Some(n) => Some(
+                rustls::pki_types::ServerName::try_from(n.clone())
+                    .map_err(|_| PeerTlsError::ServerName(n.clone()))?,
+            ),
+        };
+        Ok(PeerClientTls {
+            config: Arc::new(config),
+            server_name,
+        })
+    }
+
+    /// Makes every peer client of this process speak TLS with these settings.
+    pub fn install(self) {
+        let _ = CLIENT_TLS.set(self);
+    }
+}
+
 impl PeerClient {
-    /// A lazily connecting client of the peer at `addr` (`host:port`).
+    /// A lazily connecting client of the peer at `addr` (`host:port`), over TLS when
+    /// `[cluster.tls]` is set.
     pub fn new(addr: &str, timeout: Duration) -> Result<PeerClient, ForwardError> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        let tls = CLIENT_TLS.get();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| ForwardError::Unreachable(format!("bad peer address {addr:?}: {e}")))?
             .connect_timeout(timeout.min(Duration::from_secs(2)))
             .timeout(timeout)
@@ -290,8 +396,26 @@ impl PeerClient {
             .keep_alive_timeout(Duration::from_secs(5))
             .initial_stream_window_size(Some(4 << 20))
             .initial_connection_window_size(Some(16 << 20));
+        let channel = match tls {
+            None => endpoint.connect_lazy(),
+            Some(tls) => {
+                let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+                http.enforce_http(false);
+                http.set_nodelay(true);
+                http.set_connect_timeout(Some(timeout.min(Duration::from_secs(2))));
+                let mut builder = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config((*tls.config).clone())
+                    .https_only();
+                if let Some(name) = &tls.server_name {
+                    builder = builder.with_server_name_resolver(
+                        hyper_rustls::FixedServerNameResolver::new(name.clone()),
+                    );
+                }
+                endpoint.connect_with_connector_lazy(builder.enable_http2().wrap_connector(http))
+            }
+        };
         Ok(PeerClient {
-            grpc: tonic::client::Grpc::new(endpoint.connect_lazy()),
+            grpc: tonic::client::Grpc::new(channel),
             timeout,
         })
     }

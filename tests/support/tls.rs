@@ -64,10 +64,14 @@ impl TestCa {
     }
 
     fn issue(&self, name: &str, sans: &[&str], usage: ExtendedKeyUsagePurpose) -> Issued {
+        self.issue_for(name, sans, vec![usage])
+    }
+
+    fn issue_for(&self, name: &str, sans: &[&str], usages: Vec<ExtendedKeyUsagePurpose>) -> Issued {
         let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
         let mut params = CertificateParams::new(sans).expect("leaf params");
         params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = usages;
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
         let cert_file = self.dir.join(format!("{name}.pem"));
@@ -92,6 +96,19 @@ impl TestCa {
     /// A server certificate valid only for `names` (no `127.0.0.1`).
     pub fn server_cert_for(&self, names: &[&str]) -> Issued {
         self.issue("named-server", names, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// A cluster member's certificate named `name`, for `localhost` / `127.0.0.1`, valid as TLS
+    /// server and client (peers dial each other both ways).
+    pub fn peer_cert(&self, name: &str) -> Issued {
+        self.issue_for(
+            name,
+            &["localhost", "127.0.0.1"],
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )
     }
 
     /// A client certificate (for mTLS) named `name`.
