@@ -446,6 +446,7 @@ async fn start_cluster(
                 batch_timeout: cc.forward_batch_timeout.0,
                 retry_initial: cc.forward_retry_initial.0,
                 retry_max: cc.forward_retry_max.0,
+                peer_down_after: cc.peer_down_after.0,
             },
             forward_timeout: cc.forward_timeout.0,
             stats: stats.clone(),
@@ -612,6 +613,31 @@ async fn start_cluster(
             .clone()
             .watch_drift(info.clone(), DRIFT_CHECK_EVERY, stop_rx.clone()),
     );
+    // Peers left out for not answering are probed once a second and let back in when they do.
+    {
+        let membership = membership.clone();
+        let mut stop = stop_rx.clone();
+        let timeout = cc.forward_timeout.0.min(Duration::from_secs(2));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                for addr in membership.suspected() {
+                    let Ok(client) = PeerClient::new(&addr, timeout) else {
+                        continue;
+                    };
+                    if client.info().await.is_ok() {
+                        tracing::info!(peer = %addr, "unreachable peer answers again; routing to it");
+                        membership.announce(&addr, false);
+                    }
+                }
+            }
+        });
+    }
     let status = Arc::new(ClusterStatus {
         kind: cc.membership,
         membership: membership.clone(),

@@ -876,6 +876,10 @@ pub struct ClusterConfig {
     /// Longest retry delay of a failed forward.
     #[serde(default = "default_forward_retry_max")]
     pub forward_retry_max: HumanDuration,
+    /// A peer whose forward calls have all failed for this long is treated as gone (its share
+    /// goes to the others) until it answers again; "0s": never (wait for membership).
+    #[serde(default = "default_peer_down_after")]
+    pub peer_down_after: HumanDuration,
     /// `[cluster.tls]`: mutual TLS between peers; absent: plaintext peer protocol.
     #[serde(default)]
     pub tls: Option<PeerTlsConfig>,
@@ -914,6 +918,9 @@ impl PeerTlsConfig {
     }
 }
 
+fn default_peer_down_after() -> HumanDuration {
+    HumanDuration(Duration::from_secs(15))
+}
 fn default_peer_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 4319))
 }

@@ -594,6 +594,12 @@ impl Owners for Router {
             .is_some_and(|m| m.current().addrs().iter().any(|a| a == addr))
     }
 
+    fn suspect(&self, addr: &str) {
+        if let Some(m) = self.membership() {
+            m.suspect(addr);
+        }
+    }
+
     fn reroute(
         &self,
         items: Vec<Item>,

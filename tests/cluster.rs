@@ -1180,3 +1180,40 @@ async fn peers_speak_mutual_tls_and_refuse_a_plaintext_caller() {
     }
     stop_all(nodes).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_peer_that_stops_answering_is_routed_around_and_let_back_in_when_it_returns() {
+    let backend = RecordingBackend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write_file(dir.path(), "rules.toml", KEEP_ALL_RULES);
+    let ports = free_ports(3);
+    let sections: Vec<String> = ports
+        .iter()
+        .map(|p| format!("{}peer_down_after = \"2s\"\n", static_section(*p, &ports)))
+        .collect();
+    let mut nodes = start_nodes(backend.grpc_addr(), &rules, &sections).await;
+    nodes[2].kill();
+    let targets = [nodes[0].grpc, nodes[1].grpc];
+    let mut rng = Lcg(0xDEAD);
+    // The dead peer's share is queued, then, 2 s of failed calls later, sent to the others.
+    let sent = send_rounds(&targets, 9, 5, &mut rng).await;
+    for n in &nodes[..2] {
+        wait_for_view(n, Duration::from_secs(10), "the dead peer suspected", |v| {
+            v["suspected"] == serde_json::json!([peer_addr(ports[2])])
+        })
+        .await;
+    }
+    let total: usize = sent.values().map(BTreeSet::len).sum();
+    backend.wait_for_spans(total, WAIT).await;
+    // It comes back on the same address: the others route to it again.
+    let dead = nodes.pop().expect("node 2");
+    drop(dead);
+    nodes.push(
+        TailsiftProcess::start(&node_config(backend.grpc_addr(), &rules, &sections[2])).await,
+    );
+    for n in &nodes {
+        wait_for_members(n, &sorted_peer_addrs(&ports), Duration::from_secs(5)).await;
+    }
+    stop_all(nodes).await;
+    assert_all_arrived_whole(&assert_once_with_one_decision(&backend), &sent);
+}

@@ -284,6 +284,9 @@ pub struct SenderSettings {
     pub retry_initial: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
+    /// A peer whose calls have all failed this long (and at least 3 times) is treated as gone
+    /// until it answers again; zero: never.
+    pub peer_down_after: Duration,
 }
 
 /// What a sender asks of routing: is its peer still a member, and where do spans go when it
@@ -291,6 +294,8 @@ pub struct SenderSettings {
 pub trait Owners: Send + Sync + 'static {
     /// True while `addr` is a live member.
     fn is_member(&self, addr: &str) -> bool;
+    /// Every call to `addr` has failed for `SenderSettings::peer_down_after`.
+    fn suspect(&self, addr: &str);
     /// Routes items again with the current members (never refuses: they were acknowledged).
     fn reroute(
         &self,
@@ -338,6 +343,7 @@ pub async fn run_sender(
         let body = encode(&settings.me, next_batch, &batch);
         let spans: u64 = batch.iter().map(|(i, _)| i.spans().len() as u64).sum();
         let mut delay = settings.retry_initial;
+        let mut failing_since: Option<(Instant, u32)> = None;
         loop {
             match client.forward(body.clone()).await {
                 Ok(_) => {
@@ -356,6 +362,16 @@ pub async fn run_sender(
                             ForwardError::Refused(s) => s.message().to_string(),
                         };
                         tracing::warn!(peer = %queue.addr, spans, %reason, "forward to peer failed; retrying");
+                    }
+                    if matches!(e, ForwardError::Unreachable(_)) {
+                        let (since, n) = failing_since.get_or_insert((Instant::now(), 0));
+                        *n += 1;
+                        if !settings.peer_down_after.is_zero()
+                            && *n >= 3
+                            && since.elapsed() >= settings.peer_down_after
+                        {
+                            owners.suspect(&queue.addr);
+                        }
                     }
                     if queue.retired.load(Relaxed) || !owners.is_member(&queue.addr) {
                         hand_back(&queue, batch, &*owners).await;

@@ -153,6 +153,9 @@ pub struct MembershipHandle {
     departed: Mutex<std::collections::BTreeSet<String>>,
     /// This node is leaving: it lists itself no more, whatever the provider says.
     leaving: AtomicBool,
+    /// Members whose calls have all failed for `peer_down_after`: left out until they answer
+    /// again (a probe) or announce they are back.
+    suspected: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl MembershipHandle {
@@ -168,6 +171,7 @@ impl MembershipHandle {
             provided: Mutex::new(initial),
             departed: Mutex::default(),
             leaving: AtomicBool::new(false),
+            suspected: Mutex::default(),
         })
     }
 
@@ -176,18 +180,52 @@ impl MembershipHandle {
         if addr == self.me {
             return;
         }
+        let mut changed = false;
         if let Ok(mut d) = self.departed.lock() {
-            let changed = if leaving {
+            changed |= if leaving {
                 d.insert(addr.to_string())
             } else {
                 d.remove(addr)
             };
-            if !changed {
-                return;
+        }
+        if !leaving {
+            if let Ok(mut s) = self.suspected.lock() {
+                changed |= s.remove(addr);
             }
+        }
+        if !changed {
+            return;
         }
         tracing::info!(peer = addr, leaving, "peer announced a membership change");
         self.apply();
+    }
+
+    /// Every call to `addr` has failed for too long: leave it out (its share goes to the
+    /// others) until it answers a probe or announces it is back.
+    pub fn suspect(&self, addr: &str) {
+        if addr == self.me {
+            return;
+        }
+        let added = self
+            .suspected
+            .lock()
+            .map(|mut s| s.insert(addr.to_string()))
+            .unwrap_or(false);
+        if added {
+            tracing::warn!(
+                peer = addr,
+                "peer unreachable for too long; routing its share to the others until it answers"
+            );
+            self.apply();
+        }
+    }
+
+    /// Members left out because they stopped answering (probed to be let back in).
+    pub fn suspected(&self) -> Vec<String> {
+        self.suspected
+            .lock()
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// This node is leaving: from now on it is not among its own members, so everything it
@@ -219,7 +257,10 @@ impl MembershipHandle {
     /// Recomputes the members from what the provider listed and the announcements.
     fn apply(&self) {
         let provided = self.provided.lock().map(|p| p.clone()).unwrap_or_default();
-        let departed = self.departed.lock().map(|d| d.clone()).unwrap_or_default();
+        let mut departed = self.departed.lock().map(|d| d.clone()).unwrap_or_default();
+        if let Ok(s) = self.suspected.lock() {
+            departed.extend(s.iter().cloned());
+        }
         let leaving = self.leaving.load(Relaxed);
         let effective: Vec<String> = provided
             .into_iter()
@@ -246,6 +287,9 @@ impl MembershipHandle {
             // A departed member the provider no longer lists is forgotten: when it is listed
             // again, it is a new arrival.
             d.retain(|a| addrs.contains(a));
+        }
+        if let Ok(mut s) = self.suspected.lock() {
+            s.retain(|a| addrs.contains(a));
         }
         if let Ok(mut p) = self.provided.lock() {
             p.clone_from(&addrs);

@@ -109,6 +109,8 @@ pub struct ClusterReport {
     pub departed: Vec<String>,
     /// This node is leaving (SIGTERM): it owns nothing any more.
     pub leaving: bool,
+    /// Members left out because their calls failed for `peer_down_after` (probed each second).
+    pub suspected: Vec<String>,
     /// Retried batches recognised and held once.
     pub duplicate_batches: u64,
     /// Batches refused (buffer full; the sender retries).
@@ -213,6 +215,7 @@ impl ClusterStatus {
             handoff_decisions_received: self.intake.handoff_decisions.load(Relaxed),
             departed: self.membership.departed(),
             leaving: self.membership.is_leaving(),
+            suspected: self.membership.suspected(),
             duplicate_batches: self.intake.duplicate_batches.load(Relaxed),
             refused_batches: self.intake.refused_batches.load(Relaxed),
             consistent,
