@@ -228,6 +228,20 @@ async fn cluster_tenant_counts_are_the_sum_of_every_nodes_own_and_match_the_back
     let answered: Vec<&Value> = cluster["nodes"].as_array().expect("nodes").iter().collect();
     assert_eq!(answered.len(), 3, "{cluster}");
     assert!(answered.iter().all(|n| n["answered"] == true), "{cluster}");
+    // Each node's own totals (what the dashboard's per-node rows show) add up to the cluster's.
+    for f in COUNTS {
+        let per_node: u64 = answered
+            .iter()
+            .filter_map(|n| n["totals"][f].as_u64())
+            .sum();
+        let cluster_total: u64 = cluster["tenants"]
+            .as_array()
+            .expect("tenants")
+            .iter()
+            .filter_map(|t| t[f].as_u64())
+            .sum();
+        assert_eq!(per_node, cluster_total, "{f}: {cluster}");
+    }
     let acme_row = tenant_row(&cluster, "acme").expect("acme row");
     assert_eq!(acme_row["spans_received"], 40 * 4, "{acme_row}");
     assert_eq!(acme_row["trace_keep_rate"], 1.0, "{acme_row}");

@@ -79,6 +79,22 @@ const SUMMED: [&str; 10] = [
     "late_spans",
 ];
 
+/// One node's totals over every tenant of its list (the summed fields), for the dashboard's
+/// per-node view of a cluster.
+fn list_totals(list: &Value) -> Value {
+    let mut totals = serde_json::Map::new();
+    for f in SUMMED {
+        let sum: u64 = list["tenants"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t[f].as_u64())
+            .sum();
+        totals.insert(f.into(), json!(sum));
+    }
+    Value::Object(totals)
+}
+
 /// One tenant's cluster row while lists are added: the summed fields, and per rule
 /// (traces decided, traces kept).
 type MergedRow = (serde_json::Map<String, Value>, HashMap<String, (u64, u64)>);
@@ -281,11 +297,15 @@ async fn list(State(api): State<TenantApi>, Query(q): Query<HashMap<String, Stri
     me.insert("address".into(), json!(fanout.me()));
     me.insert("self".into(), json!(true));
     me.insert("answered".into(), json!(true));
+    me.insert("totals".into(), list_totals(local));
     let mut nodes = vec![Value::Object(me)];
     for a in &answers {
         let mut summary = a.summary();
         match a.json().filter(|_| a.ok()) {
-            Some(v) => lists.push(v),
+            Some(v) => {
+                summary.insert("totals".into(), list_totals(&v));
+                lists.push(v)
+            }
             None => {
                 // It answered, but not with a tenant list: its counts are missing.
                 summary.insert("answered".into(), json!(false));
