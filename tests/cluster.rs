@@ -35,28 +35,11 @@ struct Sent {
 /// root only once every other part is acknowledged (so no trace is decided on its root before
 /// its error span was even sent). Returns what was sent; every request must be acknowledged.
 async fn send_spread(nodes: &[SocketAddr], seed: u64, n: usize, rng: &mut Lcg) -> Sent {
-    let mut sent = Sent::default();
+    let (sent, phases) = build_spread(seed, n);
     // Two phases (children, then roots), each a list of parts per node.
     let mut per_node: Vec<Vec<Vec<ResourceSpans>>> = vec![vec![Vec::new(); nodes.len()]; 2];
-    for i in 0..n {
-        let id = trace_id_from_seed(seed * 1_000_003 + i as u64);
-        let error = i % 7 == 0;
-        let tenant = if i % 5 == 0 { "acme" } else { "initech" };
-        let trace = make_trace(id, tenant, 6, error, "/api/items");
-        let ids: BTreeSet<String> = trace.scope_spans[0]
-            .spans
-            .iter()
-            .map(|s| hex(&s.span_id))
-            .collect();
-        sent.spans.insert(hex(&id), ids);
-        if error || tenant == "acme" {
-            sent.must_keep.insert(hex(&id));
-        } else {
-            sent.rest.insert(id);
-        }
-        // Part 0 holds the root; as in a real service, the root's part is sent last.
-        for (p, part) in split_spans(&trace, 3).into_iter().enumerate() {
-            let phase = usize::from(p == 0);
+    for (phase, parts) in phases.into_iter().enumerate() {
+        for (_, part) in parts {
             per_node[phase][rng.below(nodes.len())].push(part);
         }
     }
@@ -77,6 +60,36 @@ async fn send_spread(nodes: &[SocketAddr], seed: u64, n: usize, rng: &mut Lcg) -
         }
     }
     sent
+}
+
+/// Builds `n` traces of 6 spans (every 7th has an error, every 5th is tenant acme), each split
+/// into 3 parts: what is sent, and the parts in two phases (children first, then the parts
+/// holding a root, as a service ends its root span last), each part with its trace id.
+fn build_spread(seed: u64, n: usize) -> (Sent, [Vec<(String, ResourceSpans)>; 2]) {
+    let mut sent = Sent::default();
+    let mut phases: [Vec<(String, ResourceSpans)>; 2] = [Vec::new(), Vec::new()];
+    for i in 0..n {
+        let id = trace_id_from_seed(seed * 1_000_003 + i as u64);
+        let error = i % 7 == 0;
+        let tenant = if i % 5 == 0 { "acme" } else { "initech" };
+        let trace = make_trace(id, tenant, 6, error, "/api/items");
+        let ids: BTreeSet<String> = trace.scope_spans[0]
+            .spans
+            .iter()
+            .map(|s| hex(&s.span_id))
+            .collect();
+        sent.spans.insert(hex(&id), ids);
+        if error || tenant == "acme" {
+            sent.must_keep.insert(hex(&id));
+        } else {
+            sent.rest.insert(id);
+        }
+        // Part 0 holds the root.
+        for (p, part) in split_spans(&trace, 3).into_iter().enumerate() {
+            phases[usize::from(p == 0)].push((hex(&id), part));
+        }
+    }
+    (sent, phases)
 }
 
 /// The trace ids the `rest` rule (1 in 10, consistent threshold) keeps.
@@ -758,28 +771,7 @@ async fn send_spread_balanced(
     n: usize,
     rng: &mut Lcg,
 ) -> (Sent, BTreeSet<String>) {
-    let mut sent = Sent::default();
-    let mut phases: Vec<Vec<(String, ResourceSpans)>> = vec![Vec::new(), Vec::new()];
-    for i in 0..n {
-        let id = trace_id_from_seed(seed * 1_000_003 + i as u64);
-        let error = i % 7 == 0;
-        let tenant = if i % 5 == 0 { "acme" } else { "initech" };
-        let trace = make_trace(id, tenant, 6, error, "/api/items");
-        let ids: BTreeSet<String> = trace.scope_spans[0]
-            .spans
-            .iter()
-            .map(|s| hex(&s.span_id))
-            .collect();
-        sent.spans.insert(hex(&id), ids);
-        if error || tenant == "acme" {
-            sent.must_keep.insert(hex(&id));
-        } else {
-            sent.rest.insert(id);
-        }
-        for (p, part) in split_spans(&trace, 3).into_iter().enumerate() {
-            phases[usize::from(p == 0)].push((hex(&id), part));
-        }
-    }
+    let (mut sent, phases) = build_spread(seed, n);
     let mut unacked = BTreeSet::new();
     for phase in phases {
         for chunk in phase.chunks(20) {

@@ -128,6 +128,16 @@ impl ColdStart {
         Rate::new(x * x)
     }
 
+    /// Counts one more cold trace and caps `rate` while no estimate exists yet.
+    fn cap(&mut self, rate: Rate, step_budget: f64) -> Rate {
+        self.seen += 1;
+        if self.steps > 0 {
+            rate
+        } else {
+            rate.max(self.first_step_rate(step_budget))
+        }
+    }
+
     /// Whether the estimate due at `elapsed` into the cold interval is still to be made.
     fn step_due(&self, elapsed: Duration, step: Duration) -> bool {
         elapsed >= step * (self.steps + 1)
@@ -343,15 +353,11 @@ impl EmaSampler {
         if !self.cold_capped() {
             return rate;
         }
-        self.cold.seen += 1;
-        if self.cold.steps > 0 {
-            return rate;
-        }
         let step_budget = match self.goal {
             Goal::PerSecond(g) => g * self.cold_step().as_secs_f64(),
             Goal::SampleRate(_) => f64::INFINITY,
         };
-        rate.max(self.cold.first_step_rate(step_budget))
+        self.cold.cap(rate, step_budget)
     }
 
     /// Counts a trace of `fields` and returns its key's current rate (no clock involved).
@@ -619,22 +625,29 @@ impl TenantFair {
         COLD_STEP.min(self.settings.ema.interval)
     }
 
-    /// Provisional shares and rates before the first adjustment, from each tenant's demand
-    /// over the `elapsed` part of the interval.
-    fn provisional(&mut self, elapsed: Duration) {
-        let secs = elapsed.as_secs_f64().max(1e-3);
+    /// Every tenant's share of the budget (the overflow bucket last) for the demand (traces
+    /// per second) `demand` gives each, and the total demand.
+    fn shares_for(&self, demand: impl Fn(&TenantState) -> f64) -> (Vec<f64>, f64) {
         let demands: Vec<(f64, f64)> = self
             .tenants
             .values()
             .chain(std::iter::once(&self.overflow))
-            .map(|t| (t.inner.pending() as f64 / secs, t.weight))
+            .map(|t| (demand(t), t.weight))
             .collect();
-        let total: f64 = demands.iter().map(|d| d.0).sum();
+        let total = demands.iter().map(|d| d.0).sum();
         let shares = max_min_shares(
             &demands,
             self.settings.budget_per_sec,
             self.settings.min_per_tenant,
         );
+        (shares, total)
+    }
+
+    /// Provisional shares and rates before the first adjustment, from each tenant's demand
+    /// over the `elapsed` part of the interval.
+    fn provisional(&mut self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64().max(1e-3);
+        let (shares, total) = self.shares_for(|t| t.inner.pending() as f64 / secs);
         for (t, share) in self
             .tenants
             .values_mut()
@@ -690,12 +703,8 @@ impl TenantFair {
         if !self.cold_capped() {
             return rate;
         }
-        self.cold.seen += 1;
-        if self.cold.steps > 0 {
-            return rate;
-        }
         let step_budget = self.settings.budget_per_sec * self.cold_step().as_secs_f64();
-        rate.max(self.cold.first_step_rate(step_budget))
+        self.cold.cap(rate, step_budget)
     }
 
     /// Counts a trace under its tenant (and within-tenant key) and returns that key's rate.
@@ -732,17 +741,7 @@ impl TenantFair {
         self.overflow.inner.started = self.started;
         self.overflow.inner.fold_only(now);
         self.tenants.retain(|_, t| !t.inner.keys.is_empty());
-        let demands: Vec<(f64, f64)> = self
-            .tenants
-            .values()
-            .chain(std::iter::once(&self.overflow))
-            .map(|t| (t.inner.traces_per_sec(), t.weight))
-            .collect();
-        let shares = max_min_shares(
-            &demands,
-            self.settings.budget_per_sec,
-            self.settings.min_per_tenant,
-        );
+        let (shares, _) = self.shares_for(|t| t.inner.traces_per_sec());
         for (t, share) in self
             .tenants
             .values_mut()
