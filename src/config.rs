@@ -1415,6 +1415,24 @@ listen = "127.0.0.1:8080"
     }
 
     #[test]
+    fn pass_through_headers_default_to_none_and_match_names_in_any_case() {
+        let c = Config::parse(HOSTED, Path::new("c.toml")).unwrap();
+        assert!(c.export.pass_through_headers.is_empty());
+        let text = format!(
+            "{HOSTED}pass_through_headers = [\"X-Honeycomb-Team\", \"authorization\", \"x-honeycomb-team\"]\n"
+        );
+        let c = Config::parse(&text, Path::new("c.toml")).unwrap();
+        let names: Vec<String> = c
+            .export
+            .pass_through_headers
+            .names()
+            .iter()
+            .map(|n| n.as_str().to_string())
+            .collect();
+        assert_eq!(names, ["x-honeycomb-team", "authorization"]);
+    }
+
+    #[test]
     fn compression_defaults_to_gzip_for_https_and_none_for_http() {
         let https = Config::parse(HOSTED, Path::new("c.toml")).unwrap();
         assert_eq!(https.export.compression(), Compression::Gzip);
