@@ -214,7 +214,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             config.buffer.max_memory.bytes(),
             export_queue_max_bytes,
         )
-        .with_api_keys(api_keys.clone()),
+        .with_api_keys(api_keys.clone())
+        .with_pass_through_headers(config.export.pass_through_headers.names()),
     );
     let grpc_listener = bind(config.receive.grpc_listen, "receive.grpc_listen").await?;
     let http_listener = bind(config.receive.http_listen, "receive.http_listen").await?;

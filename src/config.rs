@@ -525,6 +525,62 @@ impl ExportHeaders {
     }
 }
 
+/// `[export] pass_through_headers`: names of incoming request headers (gRPC metadata / HTTP
+/// headers, matched case-insensitively) whose values travel with the request's spans and are
+/// sent with them on export. Empty by default (nothing is captured).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct PassThroughHeaders(Vec<String>);
+
+impl PassThroughHeaders {
+    /// Names as if written in the file.
+    pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        PassThroughHeaders(names.into_iter().map(str::to_string).collect())
+    }
+
+    /// Whether no header is passed through.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The names as header names (lower-case, duplicates removed); invalid names were refused
+    /// by validation and are skipped here.
+    pub fn names(&self) -> Vec<http::HeaderName> {
+        let mut names: Vec<http::HeaderName> = Vec::new();
+        for name in &self.0 {
+            if let Ok(parsed) = http::HeaderName::from_bytes(name.as_bytes()) {
+                if !names.contains(&parsed) {
+                    names.push(parsed);
+                }
+            }
+        }
+        names
+    }
+
+    /// Problems with the names: invalid, or set by the transport or the exporter itself.
+    fn problems(&self, out: &mut Vec<String>) {
+        for name in &self.0 {
+            match http::HeaderName::from_bytes(name.as_bytes()) {
+                Err(_) => out.push(format!(
+                    "export.pass_through_headers: {name:?} is not a valid header name (use letters, digits and '-', e.g. \"x-honeycomb-team\")"
+                )),
+                Ok(parsed) => {
+                    let lower = parsed.as_str();
+                    if RESERVED_HEADERS.contains(&lower) || lower.starts_with("grpc-") {
+                        out.push(format!(
+                            "export.pass_through_headers: {name:?} is set by the transport or the exporter itself and cannot be passed through"
+                        ));
+                    } else if lower.ends_with("-bin") {
+                        out.push(format!(
+                            "export.pass_through_headers: {name:?}: binary (-bin) gRPC metadata is not supported; use a text header"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Expands `${NAME}` references; any other `$` is kept literally.
 fn expand_vars(
     value: &str,
@@ -604,6 +660,9 @@ pub struct ExportConfig {
     pub compression_setting: Option<Compression>,
     /// Static headers sent with every export request (API keys); `${VAR}` is expanded.
     pub headers: ExportHeaders,
+    /// Incoming request headers sent with the request's spans on export; a static header of
+    /// the same name wins.
+    pub pass_through_headers: PassThroughHeaders,
     /// Extra PEM CA certificates trusted for `https://` endpoints, besides the webpki roots.
     pub tls_ca_file: Option<PathBuf>,
     /// PEM client certificate chain presented to the backend (mTLS); needs `tls_key_file`.
@@ -705,6 +764,7 @@ impl ExportConfig {
             }
             self.headers.problems(problems);
         }
+        self.pass_through_headers.problems(problems);
     }
 }
 
@@ -727,6 +787,7 @@ impl Default for ExportConfig {
             spool_max_bytes: ByteSize(1 << 30),
             compression_setting: None,
             headers: ExportHeaders::default(),
+            pass_through_headers: PassThroughHeaders::default(),
             tls_ca_file: None,
             tls_cert_file: None,
             tls_key_file: None,
@@ -1394,6 +1455,24 @@ listen = "127.0.0.1:8080"
             err.contains("\"content-type\" is set by the exporter"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn pass_through_headers_default_to_none_and_match_names_in_any_case() {
+        let c = Config::parse(HOSTED, Path::new("c.toml")).unwrap();
+        assert!(c.export.pass_through_headers.is_empty());
+        let text = format!(
+            "{HOSTED}pass_through_headers = [\"X-Honeycomb-Team\", \"authorization\", \"x-honeycomb-team\"]\n"
+        );
+        let c = Config::parse(&text, Path::new("c.toml")).unwrap();
+        let names: Vec<String> = c
+            .export
+            .pass_through_headers
+            .names()
+            .iter()
+            .map(|n| n.as_str().to_string())
+            .collect();
+        assert_eq!(names, ["x-honeycomb-team", "authorization"]);
     }
 
     #[test]

@@ -166,6 +166,65 @@ impl Origin {
     }
 }
 
+/// The `[export] pass_through_headers` an incoming request carried: travels with its spans
+/// (buffer, peer forwarding) and is sent with them on export. Empty (`None`, no allocation)
+/// when no header is configured or the request had none; one `Arc` shared by every span of a
+/// request otherwise. Values are secrets: `Debug` prints names only.
+#[derive(Clone, Default)]
+pub struct PassThrough(Option<Arc<[(http::HeaderName, http::HeaderValue)]>>);
+
+impl PassThrough {
+    /// The empty set (nothing to pass through).
+    pub const NONE: PassThrough = PassThrough(None);
+
+    /// A set holding `headers` in order (values are marked sensitive); empty stays `NONE`.
+    pub fn new(headers: Vec<(http::HeaderName, http::HeaderValue)>) -> PassThrough {
+        if headers.is_empty() {
+            return PassThrough::NONE;
+        }
+        let headers: Vec<_> = headers
+            .into_iter()
+            .map(|(name, mut value)| {
+                value.set_sensitive(true);
+                (name, value)
+            })
+            .collect();
+        PassThrough(Some(Arc::from(headers)))
+    }
+
+    /// The headers, in the order they were captured.
+    pub fn headers(&self) -> &[(http::HeaderName, http::HeaderValue)] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+
+    /// True when there is nothing to pass through.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+/// Equal when both carry the same names and values: a pointer comparison for spans of one
+/// request, a short byte comparison for equal headers of different requests.
+impl PartialEq for PassThrough {
+    fn eq(&self, other: &PassThrough) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a[..] == b[..],
+            _ => false,
+        }
+    }
+}
+
+impl Eq for PassThrough {}
+
+impl fmt::Debug for PassThrough {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.headers().iter().map(|(name, _)| name.as_str()))
+            .finish()
+    }
+}
+
 /// OTLP span status code as carried on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[repr(u8)]
@@ -220,6 +279,9 @@ pub struct SpanIndex {
     pub trace_state: Span32,
     /// The span carries an attribute the proxy itself sets on export (it must be replaced).
     pub has_reserved_attribute: bool,
+    /// Headers of the request the span came in, sent with it on export
+    /// (`[export] pass_through_headers`); shared by every span of the request.
+    pub pass_through: PassThrough,
 }
 
 impl SpanIndex {

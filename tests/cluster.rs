@@ -1209,3 +1209,54 @@ async fn a_static_peer_that_stops_answering_is_routed_around_and_let_back_in_whe
     stop_all(nodes).await;
     assert_all_arrived_whole(&assert_once_with_one_decision(&backend), &sent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_forwarded_to_their_owner_are_exported_with_their_clients_pass_through_header() {
+    let backend = RecordingBackend::start().await;
+    let ports = free_ports(2);
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write_file(dir.path(), "rules.toml", KEEP_ALL_RULES);
+    let mut nodes = Vec::new();
+    for p in &ports {
+        let config = node_config(backend.grpc_addr(), &rules, &static_section(*p, &ports)).replace(
+            "sample_rate_attribute = \"SampleRate\"",
+            "sample_rate_attribute = \"SampleRate\"\npass_through_headers = [\"x-honeycomb-team\"]",
+        );
+        nodes.push(TailsiftProcess::start(&config).await);
+    }
+    // Every trace enters at node 0; about half of them are owned by node 1.
+    let mut spans = 0;
+    for i in 0..40u64 {
+        let (tenant, team) = if i % 2 == 0 {
+            ("alpha", "team-a-key")
+        } else {
+            ("beta", "team-b-key")
+        };
+        let trace = make_trace(trace_id_from_seed(9_000 + i), tenant, 3, false, "/items");
+        send_grpc_with(
+            nodes[0].grpc,
+            make_request(vec![trace]),
+            &[("x-honeycomb-team", team)],
+            false,
+        )
+        .await
+        .expect("node 0 accepts");
+        spans += 3;
+    }
+    backend.wait_for_spans(spans, WAIT).await;
+
+    let view = cluster_json(&nodes[0]).await;
+    let forwarded: u64 = view["forward_queues"]
+        .as_array()
+        .expect("forward queues")
+        .iter()
+        .map(|q| q["forwarded_spans"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(forwarded > 0, "node 0 forwarded nothing: {view}");
+    let seen = backend.header_values_by_tenant("x-honeycomb-team", "tenant.id");
+    let only = |v: &str| BTreeSet::from([v.to_string()]);
+    assert_eq!(seen.get("alpha"), Some(&only("team-a-key")), "{seen:?}");
+    assert_eq!(seen.get("beta"), Some(&only("team-b-key")), "{seen:?}");
+    assert_eq!(backend.span_count(), spans, "each span once");
+    stop_all(nodes).await;
+}

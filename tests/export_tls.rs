@@ -337,3 +337,127 @@ async fn receive_accepts_zstd_compressed_grpc() {
     client.export(request).await.expect("zstd gRPC accepted");
     backend.wait_for_spans(4, WAIT).await;
 }
+
+/// Two clients' API keys for the backend, sent by the clients in `x-honeycomb-team`.
+const TEAM_A: &str = "team-a-key";
+const TEAM_B: &str = "team-b-key";
+
+/// Sends `traces` traces of each of two tenants to the proxy, tenant `alpha` with `TEAM_A`
+/// and `beta` with `TEAM_B` in `X-Honeycomb-Team` (upper case: names match in any case), each
+/// client alternating gRPC and HTTP and both interleaved, so their kept spans meet in the
+/// same export batches. Every request also carries `x-api-key: client-key`.
+async fn two_teams_send(proxy: &TailsiftProcess, traces: u64) -> usize {
+    let mut spans = 0;
+    for i in 0..traces {
+        for (tenant, team, seed) in [("alpha", TEAM_A, 100 + i), ("beta", TEAM_B, 200 + i)] {
+            let request = make_request(vec![make_trace(
+                trace_id_from_seed(seed),
+                tenant,
+                3,
+                false,
+                "/checkout",
+            )]);
+            let headers = [("X-Honeycomb-Team", team), ("x-api-key", "client-key")];
+            if i % 2 == 0 {
+                send_grpc_with(proxy.grpc, request, &headers, false)
+                    .await
+                    .expect("proxy accepts over gRPC");
+            } else {
+                let reply = send_http_with(
+                    proxy.http,
+                    &request,
+                    HttpEncoding::Protobuf,
+                    false,
+                    &headers,
+                )
+                .await;
+                assert_eq!(
+                    reply.status,
+                    200,
+                    "proxy accepts over HTTP: {}",
+                    reply.text()
+                );
+            }
+            spans += 3;
+        }
+    }
+    spans
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_clients_pass_through_header_is_sent_only_with_its_own_spans_on_both_protocols() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write_file(dir.path(), "rules.toml", KEEP_ALL_RULES);
+    for kind in ["otlp_grpc", "otlp_http"] {
+        let backend = RecordingBackend::start().await;
+        let extra = "pass_through_headers = [\"x-honeycomb-team\", \"X-API-Key\"]\nbatch_timeout = \"500ms\"";
+        let proxy = start_proxy(&export_config(&backend, kind, &rules, extra)).await;
+        let spans = two_teams_send(&proxy, 4).await;
+        backend.wait_for_spans(spans, WAIT).await;
+
+        let seen = backend.header_values_by_tenant("x-honeycomb-team", "tenant.id");
+        let only = |v: &str| std::collections::BTreeSet::from([v.to_string()]);
+        assert_eq!(seen.get("alpha"), Some(&only(TEAM_A)), "{kind}: {seen:?}");
+        assert_eq!(seen.get("beta"), Some(&only(TEAM_B)), "{kind}: {seen:?}");
+        assert_eq!(seen.len(), 2, "{kind}: no other tenant arrived: {seen:?}");
+        for r in backend.requests() {
+            // On a clash the static [export.headers] value wins, alone.
+            let keys: Vec<_> = r.headers.get_all("x-api-key").iter().collect();
+            assert_eq!(keys, [KEY_VALUE], "{kind}: the static header wins");
+        }
+        assert_eq!(backend.span_count(), spans, "{kind}: each span once");
+        let log = proxy.log();
+        for secret in [TEAM_A, TEAM_B, "client-key"] {
+            assert!(!log.contains(secret), "{kind}: values never logged:\n{log}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_pass_through_headers_no_client_header_reaches_the_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write_file(dir.path(), "rules.toml", KEEP_ALL_RULES);
+    let backend = RecordingBackend::start().await;
+    let proxy = start_proxy(&export_config(&backend, "otlp_grpc", &rules, "")).await;
+    let spans = two_teams_send(&proxy, 2).await;
+    backend.wait_for_spans(spans, WAIT).await;
+    let seen = backend.header_values_by_tenant("x-honeycomb-team", "tenant.id");
+    let none = std::collections::BTreeSet::from([String::new()]);
+    assert_eq!(seen.get("alpha"), Some(&none), "{seen:?}");
+    assert_eq!(seen.get("beta"), Some(&none), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_refuses_pass_through_headers_the_exporter_sets_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(
+        dir.path(),
+        "tailsift.toml",
+        "[export]\nkind = \"otlp_grpc\"\nendpoint = \"http://127.0.0.1:4317\"\n\
+         pass_through_headers = [\"content-type\", \"bad header\", \"x-honeycomb-team\"]\n",
+    );
+    let out = run_tailsift(
+        &["check", "--config", &path.display().to_string()],
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(!out.status.success(), "check must fail:\n{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("export.pass_through_headers: \"content-type\" is set by the transport"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("export.pass_through_headers: \"bad header\" is not a valid header name"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        out.stdout.matches("export.pass_through_headers:").count(),
+        2,
+        "a valid name is no problem: {}",
+        out.stdout
+    );
+}

@@ -13,7 +13,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
 use crate::buffer::HandedDecision;
-use crate::model::{Decision, Origin, SpanRecord, TenantId, TraceId};
+use crate::model::{Decision, Origin, PassThrough, SpanRecord, TenantId, TraceId};
 use crate::otlp::codec::RawCodec;
 use crate::otlp::ingest::{index_span, Fnv64, SpanLimits};
 
@@ -138,6 +138,20 @@ pub struct SpanGroup {
     /// Set when the group is part of a buffered trace handed to its new owner.
     #[prost(message, optional, tag = "7")]
     pub handoff: Option<HandOff>,
+    /// The pass-through headers every span of the group came with (empty: none).
+    #[prost(message, repeated, tag = "8")]
+    pub pass_through: Vec<Header>,
+}
+
+/// `tailsift.peer.v1.Header`: one pass-through header (the value is a secret: never logged).
+#[derive(Clone, PartialEq, Message)]
+pub struct Header {
+    /// Lower-case header name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// The value as the client sent it.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub value: Bytes,
 }
 
 /// `tailsift.peer.v1.HandOff`: what the new owner of a buffered trace needs to keep its timers.
@@ -183,14 +197,17 @@ pub struct InfoResponse {
     pub admin: String,
 }
 
-/// Appends groups for `spans` to `groups`: one group per run of spans sharing an origin.
+/// Appends groups for `spans` to `groups`: one group per run of spans sharing an origin and
+/// pass-through headers.
 pub fn push_groups(groups: &mut Vec<SpanGroup>, spans: &[SpanRecord], handoff: Option<HandOff>) {
     let mut i = 0;
     while i < spans.len() {
         let origin = &spans[i].origin;
+        let pass_through = &spans[i].index.pass_through;
         let mut j = i + 1;
         while j < spans.len()
             && (Arc::ptr_eq(&spans[j].origin, origin) || spans[j].origin.same_content(origin))
+            && spans[j].index.pass_through == *pass_through
         {
             j += 1;
         }
@@ -202,6 +219,14 @@ pub fn push_groups(groups: &mut Vec<SpanGroup>, spans: &[SpanRecord], handoff: O
             scope_schema_url: origin.scope_schema_url.clone(),
             spans: spans[i..j].iter().map(|s| s.bytes.clone()).collect(),
             handoff,
+            pass_through: pass_through
+                .headers()
+                .iter()
+                .map(|(name, value)| Header {
+                    name: name.as_str().to_string(),
+                    value: Bytes::copy_from_slice(value.as_bytes()),
+                })
+                .collect(),
         });
         i = j;
     }
@@ -215,6 +240,8 @@ pub struct ReadGroup {
     pub handoff: Option<HandOff>,
     /// Spans that could not be indexed (a sender of another version, or corruption).
     pub invalid: u64,
+    /// Pass-through headers dropped because their name or value is not a valid header.
+    pub invalid_headers: u64,
 }
 
 /// Reads a group's spans without decoding them (the index is extracted as at ingest).
@@ -241,15 +268,34 @@ pub fn read_group(
         scope_schema_url: group.scope_schema_url,
         content_hash: hasher.finish(),
     });
+    let mut invalid_headers = 0;
+    let pass_through = if group.pass_through.is_empty() {
+        PassThrough::NONE
+    } else {
+        let mut headers = Vec::with_capacity(group.pass_through.len());
+        for header in group.pass_through {
+            match (
+                http::HeaderName::from_bytes(header.name.as_bytes()),
+                http::HeaderValue::from_maybe_shared(header.value),
+            ) {
+                (Ok(name), Ok(value)) => headers.push((name, value)),
+                _ => invalid_headers += 1,
+            }
+        }
+        PassThrough::new(headers)
+    };
     let mut spans = Vec::with_capacity(group.spans.len());
     let mut invalid = 0;
     for bytes in group.spans {
         match index_span(&bytes, reserved_attributes, limits) {
-            Ok(index) => spans.push(SpanRecord {
-                bytes,
-                origin: origin.clone(),
-                index,
-            }),
+            Ok(mut index) => {
+                index.pass_through = pass_through.clone();
+                spans.push(SpanRecord {
+                    bytes,
+                    origin: origin.clone(),
+                    index,
+                })
+            }
             Err(_) => invalid += 1,
         }
     }
@@ -257,6 +303,7 @@ pub fn read_group(
         spans,
         handoff: group.handoff,
         invalid,
+        invalid_headers,
     }
 }
 
@@ -547,6 +594,62 @@ mod tests {
             assert_eq!(a.index.status, b.index.status);
             assert!(a.origin.same_content(&b.origin));
             assert_eq!(b.origin.tenant.as_str(), "acme");
+        }
+    }
+
+    fn team(value: &str) -> PassThrough {
+        PassThrough::new(vec![(
+            http::HeaderName::from_static("x-honeycomb-team"),
+            http::HeaderValue::from_str(value).unwrap(),
+        )])
+    }
+
+    #[test]
+    fn forwarded_spans_keep_their_pass_through_headers_and_are_grouped_by_them() {
+        let req = testdata::request(
+            "acme",
+            vec![
+                testdata::span(1, 1, 0, false),
+                testdata::span(1, 2, 1, false),
+            ],
+        );
+        let options = IngestOptions {
+            tenant_attribute: "tenant.id".into(),
+            default_tenant: TenantId::new("default"),
+            reserved_attributes: vec![],
+            limits: SpanLimits::default(),
+        };
+        let body = testdata::encoded(&req);
+        let mut spans = Vec::new();
+        for value in ["team-a", "team-b"] {
+            spans.extend(
+                crate::otlp::ingest::ingest_request_with(&body, None, None, &team(value), &options)
+                    .unwrap()
+                    .spans,
+            );
+        }
+        let mut groups = Vec::new();
+        push_groups(&mut groups, &spans, None);
+        assert_eq!(groups.len(), 2, "one group per header set, same origin");
+        let body = ForwardRequest {
+            sender: "a:1".into(),
+            batch_id: 1,
+            groups,
+            decisions: Vec::new(),
+        }
+        .encode_to_vec();
+        let back = ForwardRequest::decode(Bytes::from(body)).unwrap();
+        let read: Vec<ReadGroup> = back
+            .groups
+            .into_iter()
+            .map(|g| read_group(g, &[], &SpanLimits::default()))
+            .collect();
+        for (group, value) in read.iter().zip(["team-a", "team-b"]) {
+            assert_eq!(group.invalid_headers, 0);
+            assert_eq!(group.spans.len(), 2);
+            for span in &group.spans {
+                assert_eq!(span.index.pass_through, team(value));
+            }
         }
     }
 }

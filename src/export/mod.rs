@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::buffer::KeptSink;
 use crate::config::ExportConfig;
-use crate::model::{DropReason, KeptSpans, TenantId};
+use crate::model::{DropReason, KeptSpans, PassThrough, SpanRecord, TenantId};
 use crate::otlp::encode::{AnnotationKeys, BatchEncoder};
 use crate::stats::tenant::{unix_now, Counts};
 use crate::stats::Stats;
@@ -176,6 +176,7 @@ pub async fn run(
             replay_stopped,
         ))
     });
+    let split_by_headers = !config.pass_through_headers.is_empty();
     let mut batch: Vec<KeptSpans> = Vec::new();
     let mut rooms: Vec<OwnedSemaphorePermit> = Vec::new();
     let mut batch_spans = 0usize;
@@ -208,7 +209,7 @@ pub async fn run(
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break;
         };
-        let tenants = spans_per_tenant(&batch);
+        let mut tenants = spans_per_tenant(&batch);
         let batch = std::mem::take(&mut batch);
         let rooms = std::mem::take(&mut rooms);
         let spans = std::mem::take(&mut batch_spans) as u64;
@@ -226,44 +227,42 @@ pub async fn run(
                 .flat_map(|k| k.spans.iter())
                 .map(|s| s.accounted_bytes() as i64)
                 .sum();
-            let mut body = Vec::with_capacity(bytes as usize + 1024);
-            BatchEncoder::new(keys).encode(&batch, &mut body);
-            drop(batch);
-            let outcome = send_with_retry(
-                &sink,
-                Bytes::from(body),
-                spans,
-                &retry,
-                spool.as_deref(),
-                &stats,
-            )
-            .await;
+            // One request per distinct set of pass-through headers; without the option
+            // there is exactly one part, the batch as it is.
+            let parts = if split_by_headers {
+                split_by_pass_through(batch)
+            } else {
+                vec![(PassThrough::NONE, batch)]
+            };
+            let single = parts.len() == 1;
+            for (pass_through, part) in parts {
+                let (part_spans, part_bytes, part_tenants) = if single {
+                    (spans, bytes as usize, std::mem::take(&mut tenants))
+                } else {
+                    let all = || part.iter().flat_map(|k| k.spans.iter());
+                    (
+                        all().count() as u64,
+                        all().map(SpanRecord::accounted_bytes).sum(),
+                        spans_per_tenant(&part),
+                    )
+                };
+                let mut body = Vec::with_capacity(part_bytes + 1024);
+                BatchEncoder::new(keys.clone()).encode(&part, &mut body);
+                drop(part);
+                let outcome = send_with_retry(
+                    &sink,
+                    Bytes::from(body),
+                    &pass_through,
+                    part_spans,
+                    &retry,
+                    spool.as_deref(),
+                    &stats,
+                )
+                .await;
+                count_outcome(&stats, &outcome, part_spans, part_tenants);
+            }
             stats.export_queue_bytes.fetch_sub(bytes, Relaxed);
             stats.export_queue_spans.fetch_sub(spans as i64, Relaxed);
-            match outcome {
-                Outcome::Delivered => {
-                    stats.spans_exported.fetch_add(spans, Relaxed);
-                }
-                Outcome::Spooled => {}
-                Outcome::Failed => stats.drop_spans(DropReason::ExportFailed, spans),
-            }
-            // A spooled batch is attributed to no tenant when it is replayed later (the spool
-            // keeps encoded requests only), so per-tenant counts cover direct deliveries.
-            let counts: Vec<(TenantId, Counts)> = tenants
-                .into_iter()
-                .filter_map(|(tenant, n)| {
-                    let mut c = Counts::default();
-                    match outcome {
-                        Outcome::Delivered => c.spans_exported = n,
-                        Outcome::Spooled => return None,
-                        Outcome::Failed => c.drop_spans(DropReason::ExportFailed, n),
-                    }
-                    Some((tenant, c))
-                })
-                .collect();
-            stats
-                .tenants
-                .add_all(unix_now(), counts.iter().map(|(t, c)| (t, c)));
             // The batch's room in the queue frees only now: delivered, spooled or counted.
             drop(rooms);
             drop(permit);
@@ -275,6 +274,87 @@ pub async fn run(
     if let Some(replay) = replay {
         let _ = replay.await;
     }
+}
+
+/// Counts what became of one export request's spans, in total and per tenant.
+fn count_outcome(stats: &Stats, outcome: &Outcome, spans: u64, tenants: Vec<(TenantId, u64)>) {
+    match outcome {
+        Outcome::Delivered => {
+            stats.spans_exported.fetch_add(spans, Relaxed);
+        }
+        Outcome::Spooled => {}
+        Outcome::Failed => stats.drop_spans(DropReason::ExportFailed, spans),
+    }
+    // A spooled batch is attributed to no tenant when it is replayed later (the spool
+    // keeps encoded requests only), so per-tenant counts cover direct deliveries.
+    let counts: Vec<(TenantId, Counts)> = tenants
+        .into_iter()
+        .filter_map(|(tenant, n)| {
+            let mut c = Counts::default();
+            match outcome {
+                Outcome::Delivered => c.spans_exported = n,
+                Outcome::Spooled => return None,
+                Outcome::Failed => c.drop_spans(DropReason::ExportFailed, n),
+            }
+            Some((tenant, c))
+        })
+        .collect();
+    stats
+        .tenants
+        .add_all(unix_now(), counts.iter().map(|(t, c)| (t, c)));
+}
+
+/// Splits a batch into one part per distinct set of pass-through headers, so no export
+/// request mixes spans of different clients' credentials. A trace whose spans all share one
+/// set (the common case) moves whole; only a trace whose spans came with different sets is
+/// split span by span.
+fn split_by_pass_through(batch: Vec<KeptSpans>) -> Vec<(PassThrough, Vec<KeptSpans>)> {
+    fn part_for<'a>(
+        parts: &'a mut Vec<(PassThrough, Vec<KeptSpans>)>,
+        key: &PassThrough,
+    ) -> &'a mut Vec<KeptSpans> {
+        let i = match parts.iter().position(|(k, _)| k == key) {
+            Some(i) => i,
+            None => {
+                parts.push((key.clone(), Vec::new()));
+                parts.len() - 1
+            }
+        };
+        &mut parts[i].1
+    }
+    let mut parts: Vec<(PassThrough, Vec<KeptSpans>)> = Vec::new();
+    for kept in batch {
+        let Some(first) = kept.spans.first().map(|s| s.index.pass_through.clone()) else {
+            continue;
+        };
+        if kept.spans.iter().all(|s| s.index.pass_through == first) {
+            part_for(&mut parts, &first).push(kept);
+            continue;
+        }
+        let KeptSpans {
+            tenant,
+            decision,
+            spans,
+        } = kept;
+        let mut by_set: Vec<(PassThrough, Vec<SpanRecord>)> = Vec::new();
+        for span in spans {
+            match by_set
+                .iter_mut()
+                .find(|(k, _)| *k == span.index.pass_through)
+            {
+                Some((_, v)) => v.push(span),
+                None => by_set.push((span.index.pass_through.clone(), vec![span])),
+            }
+        }
+        for (key, spans) in by_set {
+            part_for(&mut parts, &key).push(KeptSpans {
+                tenant: tenant.clone(),
+                decision: decision.clone(),
+                spans,
+            });
+        }
+    }
+    parts
 }
 
 /// What became of one batch.
@@ -293,6 +373,7 @@ enum Outcome {
 async fn send_with_retry(
     sink: &Sink,
     body: Bytes,
+    pass_through: &PassThrough,
     spans: u64,
     retry: &Retry,
     spool: Option<&Spool>,
@@ -301,10 +382,13 @@ async fn send_with_retry(
     let start = Instant::now();
     let mut delay = retry.initial;
     loop {
-        match sink.send(body.clone()).await {
+        match sink.send(body.clone(), pass_through).await {
             Ok(()) => return Outcome::Delivered,
             Err(err) if err.retryable => {
-                if let Some(spool) = spool {
+                // The spool keeps request bodies only: a request with pass-through headers
+                // is retried in memory, so it is never replayed without its client's headers
+                // (and no credential is written to disk).
+                if let Some(spool) = spool.filter(|_| pass_through.is_empty()) {
                     match spool.push(&body, spans) {
                         Ok(()) => {
                             stats.spooled_spans.fetch_add(spans as i64, Relaxed);
@@ -359,7 +443,7 @@ async fn replay(
                     stats.drop_spans(DropReason::ExportFailed, item.spans);
                     Duration::ZERO
                 }
-                Ok(body) => match sink.send(Bytes::from(body)).await {
+                Ok(body) => match sink.send(Bytes::from(body), &PassThrough::NONE).await {
                     Ok(()) => {
                         spool.remove(&item);
                         stats.spooled_spans.fetch_sub(item.spans as i64, Relaxed);
@@ -389,6 +473,86 @@ async fn replay(
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Decision, Origin, SpanIndex};
+
+    fn span(trace: u8, team: Option<&str>) -> SpanRecord {
+        let pass_through = match team {
+            Some(v) => PassThrough::new(vec![(
+                http::HeaderName::from_static("x-honeycomb-team"),
+                http::HeaderValue::from_str(v).unwrap(),
+            )]),
+            None => PassThrough::NONE,
+        };
+        SpanRecord {
+            bytes: Bytes::new(),
+            origin: Arc::new(Origin {
+                tenant: TenantId::new("t"),
+                resource: Bytes::new(),
+                resource_schema_url: Bytes::new(),
+                scope: Bytes::new(),
+                scope_schema_url: Bytes::new(),
+                content_hash: 0,
+            }),
+            index: SpanIndex {
+                trace_id: crate::model::TraceId([trace; 16]),
+                pass_through,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn kept(spans: Vec<SpanRecord>) -> KeptSpans {
+        KeptSpans {
+            tenant: TenantId::new("t"),
+            decision: Decision {
+                keep: true,
+                sample_rate: 1,
+                threshold: 0,
+                rule: "all".into(),
+            },
+            spans,
+        }
+    }
+
+    #[test]
+    fn a_batch_is_split_into_one_part_per_pass_through_header_set() {
+        let batch = vec![
+            kept(vec![span(1, Some("a")), span(1, Some("a"))]),
+            kept(vec![span(2, Some("b"))]),
+            // One trace whose spans came from two clients is split span by span.
+            kept(vec![span(3, Some("a")), span(3, None), span(3, Some("b"))]),
+        ];
+        let parts = split_by_pass_through(batch);
+        let summary: Vec<(Vec<String>, usize)> = parts
+            .iter()
+            .map(|(key, part)| {
+                let values = key
+                    .headers()
+                    .iter()
+                    .map(|(_, v)| v.to_str().unwrap().to_string())
+                    .collect();
+                (values, part.iter().map(|k| k.spans.len()).sum())
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (vec!["a".to_string()], 3),
+                (vec!["b".to_string()], 2),
+                (vec![], 1),
+            ]
+        );
+        for (key, part) in &parts {
+            for s in part.iter().flat_map(|k| k.spans.iter()) {
+                assert_eq!(&s.index.pass_through, key);
             }
         }
     }

@@ -20,6 +20,7 @@ use tonic::{Code, Status};
 
 use super::tls::{self, Alpn, TlsError};
 use crate::config::{Compression, ExportConfig, ExportKind};
+use crate::model::PassThrough;
 use crate::otlp::codec::RawCodec;
 use crate::otlp::wire::{Reader, LEN, VARINT};
 use crate::otlp::{json, EXPORT_PATH};
@@ -179,8 +180,10 @@ impl Sink {
         }
     }
 
-    /// Sends one encoded `ExportTraceServiceRequest`.
-    pub async fn send(&self, body: Bytes) -> Result<(), SendError> {
+    /// Sends one encoded `ExportTraceServiceRequest` with the static headers and then the
+    /// pass-through headers its spans came with; on a name clash the static header wins (a
+    /// client cannot replace the operator's credentials). The file sink ignores headers.
+    pub async fn send(&self, body: Bytes, pass_through: &PassThrough) -> Result<(), SendError> {
         match self {
             Sink::File(file) => {
                 let file = file.clone();
@@ -195,7 +198,7 @@ impl Sink {
                 })?;
                 let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
                 let request = tonic::Request::from_parts(
-                    MetadataMap::from_headers(headers.clone()),
+                    MetadataMap::from_headers(with_pass_through(headers, pass_through)),
                     tonic::Extensions::default(),
                     body,
                 );
@@ -231,7 +234,9 @@ impl Sink {
                     .header(http::header::CONTENT_TYPE, "application/x-protobuf")
                     .body(Full::new(body))
                     .map_err(|e| SendError::permanent(format!("cannot build request: {e}")))?;
-                request.headers_mut().extend(headers.clone());
+                request
+                    .headers_mut()
+                    .extend(with_pass_through(headers, pass_through));
                 if *compression != Compression::None {
                     request.headers_mut().insert(
                         http::header::CONTENT_ENCODING,
@@ -280,6 +285,18 @@ fn static_headers(config: &ExportConfig) -> Result<HeaderMap, SinkError> {
         map.insert(key, value);
     }
     Ok(map)
+}
+
+/// The static headers plus the pass-through ones whose names no static header has (values
+/// stay marked sensitive). Without pass-through headers this is the clone it always was.
+fn with_pass_through(static_headers: &HeaderMap, pass_through: &PassThrough) -> HeaderMap {
+    let mut map = static_headers.clone();
+    for (name, value) in pass_through.headers() {
+        if !static_headers.contains_key(name) {
+            map.append(name.clone(), value.clone());
+        }
+    }
+    map
 }
 
 /// Says where spans go and how, naming header names only (values are secrets).

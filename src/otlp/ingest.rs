@@ -9,7 +9,9 @@ use bytes::Bytes;
 
 use super::wire::{Reader, WireError, FIXED64, LEN, VARINT};
 use super::AnyValue;
-use crate::model::{Origin, Span32, SpanIndex, SpanRecord, StatusCode, TenantId, TraceId};
+use crate::model::{
+    Origin, PassThrough, Span32, SpanIndex, SpanRecord, StatusCode, TenantId, TraceId,
+};
 
 /// What ingest needs to know from the configuration.
 #[derive(Clone, Debug)]
@@ -102,6 +104,29 @@ pub fn ingest_request_as(
     key_tenant: Option<&TenantId>,
     options: &IngestOptions,
 ) -> Result<Ingested, WireError> {
+    ingest_request_with(
+        request,
+        header_tenant,
+        key_tenant,
+        &PassThrough::NONE,
+        options,
+    )
+}
+
+/// Like [`ingest_request_as`], with the request's pass-through headers attached to every span
+/// (one shared `Arc`, so this costs a reference count per span only when headers were captured).
+pub fn ingest_request_with(
+    request: &Bytes,
+    header_tenant: Option<&TenantId>,
+    key_tenant: Option<&TenantId>,
+    pass_through: &PassThrough,
+    options: &IngestOptions,
+) -> Result<Ingested, WireError> {
+    let request_meta = RequestMeta {
+        header_tenant,
+        key_tenant,
+        pass_through,
+    };
     let mut out = Ingested::default();
     // Encoded spans run 100–1000 bytes; reserving for ~200 avoids most regrowth of the vector.
     out.spans.reserve(request.len() / 200);
@@ -109,7 +134,7 @@ pub fn ingest_request_as(
     while let Some((field, wire_type)) = reader.key()? {
         if field == 1 {
             let range = reader.expect_len(wire_type)?;
-            read_resource_spans(request, range, header_tenant, key_tenant, options, &mut out)?;
+            read_resource_spans(request, range, &request_meta, options, &mut out)?;
         } else {
             reader.skip(wire_type)?;
         }
@@ -138,14 +163,21 @@ fn read_container(
     Ok((head, schema))
 }
 
+/// What the request's headers say about all of its spans.
+struct RequestMeta<'a> {
+    header_tenant: Option<&'a TenantId>,
+    key_tenant: Option<&'a TenantId>,
+    pass_through: &'a PassThrough,
+}
+
 fn read_resource_spans(
     request: &Bytes,
     range: std::ops::Range<usize>,
-    header_tenant: Option<&TenantId>,
-    key_tenant: Option<&TenantId>,
+    meta: &RequestMeta<'_>,
     options: &IngestOptions,
     out: &mut Ingested,
 ) -> Result<(), WireError> {
+    let (header_tenant, key_tenant) = (meta.header_tenant, meta.key_tenant);
     let base = range.start;
     let mut scopes = Vec::new();
     let (resource, schema) = read_container(&request[range], &mut scopes)?;
@@ -177,6 +209,7 @@ fn read_resource_spans(
             &tenant,
             &resource_bytes,
             &schema_bytes,
+            meta.pass_through,
             options,
             out,
         )?;
@@ -184,12 +217,16 @@ fn read_resource_spans(
     Ok(())
 }
 
+// Each argument is one piece of what the spans of a scope share; bundling them would only
+// rename them.
+#[allow(clippy::too_many_arguments)]
 fn read_scope_spans(
     request: &Bytes,
     range: std::ops::Range<usize>,
     tenant: &TenantId,
     resource: &Bytes,
     resource_schema_url: &Bytes,
+    pass_through: &PassThrough,
     options: &IngestOptions,
     out: &mut Ingested,
 ) -> Result<(), WireError> {
@@ -246,11 +283,16 @@ fn read_scope_spans(
             _ => request.slice(base + span_range.start..base + span_range.end),
         };
         match index_span(&bytes, &options.reserved_attributes, &options.limits) {
-            Ok(index) => out.spans.push(SpanRecord {
-                bytes,
-                origin: origin.clone(),
-                index,
-            }),
+            Ok(mut index) => {
+                if !pass_through.is_empty() {
+                    index.pass_through = pass_through.clone();
+                }
+                out.spans.push(SpanRecord {
+                    bytes,
+                    origin: origin.clone(),
+                    index,
+                })
+            }
             Err(why) => out.reject(tenant, why),
         }
     }

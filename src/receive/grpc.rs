@@ -15,7 +15,7 @@ use tonic::server::{NamedService, UnaryService};
 use tonic::{Code, Status};
 
 use super::{ReceiveError, Receiver};
-use crate::model::TenantId;
+use crate::model::{PassThrough, TenantId};
 use crate::otlp::codec::RawCodec;
 use crate::otlp::json::export_response;
 use crate::otlp::wire::{put_bytes, put_key, put_varint, VARINT};
@@ -66,6 +66,7 @@ where
                 Ok(t) => t,
                 Err(err) => return Ok(status_for(&err).into_http()),
             };
+            let pass_through = receiver.capture_pass_through(req.headers());
             let limit = receiver.max_request_bytes;
             let req = req.map(|body| LimitedBody::new(body, limit));
             let mut grpc = tonic::server::Grpc::new(RawCodec)
@@ -80,6 +81,7 @@ where
                     ExportMethod {
                         receiver,
                         key_tenant,
+                        pass_through,
                     },
                     req,
                 )
@@ -91,6 +93,7 @@ where
 struct ExportMethod {
     receiver: Arc<Receiver>,
     key_tenant: Option<TenantId>,
+    pass_through: PassThrough,
 }
 
 impl UnaryService<Bytes> for ExportMethod {
@@ -100,6 +103,7 @@ impl UnaryService<Bytes> for ExportMethod {
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let receiver = self.receiver.clone();
         let key_tenant = self.key_tenant.clone();
+        let pass_through = self.pass_through.clone();
         Box::pin(async move {
             let tenant = request
                 .metadata()
@@ -108,7 +112,10 @@ impl UnaryService<Bytes> for ExportMethod {
                 .filter(|v| !v.is_empty())
                 .map(TenantId::new);
             let body = request.into_inner();
-            match receiver.accept_as(body, tenant, key_tenant).await {
+            match receiver
+                .accept_as(body, tenant, key_tenant, pass_through)
+                .await
+            {
                 Ok(accepted) => {
                     let response =
                         export_response(accepted.rejected, accepted.error_message.as_deref());

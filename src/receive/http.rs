@@ -112,7 +112,11 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty())
         .map(TenantId::new);
-    match receiver.accept_as(body, tenant, key_tenant).await {
+    let pass_through = receiver.capture_pass_through(&headers);
+    match receiver
+        .accept_as(body, tenant, key_tenant, pass_through)
+        .await
+    {
         Ok(accepted) => {
             let response = export_response(accepted.rejected, accepted.error_message.as_deref());
             match encoding {

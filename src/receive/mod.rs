@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::model::{DropReason, TenantId};
-use crate::otlp::ingest::{ingest_request_as, IngestOptions};
+use crate::model::{DropReason, PassThrough, TenantId};
+use crate::otlp::ingest::{ingest_request_with, IngestOptions};
 use crate::route::{RouteError, Router};
 use crate::stats::Stats;
 
@@ -63,6 +63,7 @@ pub struct Receiver {
     export_high_water: i64,
     accepting: AtomicBool,
     api_keys: Option<Arc<auth::ApiKeys>>,
+    pass_through_headers: Vec<::http::HeaderName>,
 }
 
 impl Receiver {
@@ -86,7 +87,31 @@ impl Receiver {
             export_high_water: (export_queue_max_bytes / 4 * 3) as i64,
             accepting: AtomicBool::new(true),
             api_keys: None,
+            pass_through_headers: Vec::new(),
         }
+    }
+
+    /// Captures these request headers and sends them with the request's spans on export
+    /// (`[export] pass_through_headers`, validated names).
+    pub fn with_pass_through_headers(mut self, names: Vec<::http::HeaderName>) -> Self {
+        self.pass_through_headers = names;
+        self
+    }
+
+    /// The configured pass-through headers of one request (gRPC metadata or HTTP headers;
+    /// names match case-insensitively). Nothing is allocated when none is configured or the
+    /// request carries none of them.
+    pub fn capture_pass_through(&self, headers: &::http::HeaderMap) -> PassThrough {
+        if self.pass_through_headers.is_empty() {
+            return PassThrough::NONE;
+        }
+        let mut captured = Vec::new();
+        for name in &self.pass_through_headers {
+            for value in headers.get_all(name) {
+                captured.push((name.clone(), value.clone()));
+            }
+        }
+        PassThrough::new(captured)
     }
 
     /// Checks requests' API keys against `keys` (`[auth]`).
@@ -140,15 +165,18 @@ impl Receiver {
         body: Bytes,
         header_tenant: Option<TenantId>,
     ) -> Result<Accepted, ReceiveError> {
-        self.accept_as(body, header_tenant, None).await
+        self.accept_as(body, header_tenant, None, PassThrough::NONE)
+            .await
     }
 
-    /// Like [`Receiver::accept`] for a request whose API key writes as `key_tenant`.
+    /// Like [`Receiver::accept`] for a request whose API key writes as `key_tenant` and whose
+    /// spans carry `pass_through` to the exporter.
     pub async fn accept_as(
         &self,
         body: Bytes,
         header_tenant: Option<TenantId>,
         key_tenant: Option<TenantId>,
+        pass_through: PassThrough,
     ) -> Result<Accepted, ReceiveError> {
         self.stats.requests_received.fetch_add(1, Relaxed);
         if !self.accepting.load(Relaxed) {
@@ -179,10 +207,11 @@ impl Receiver {
                 limit: self.max_request_bytes,
             });
         }
-        let ingested = ingest_request_as(
+        let ingested = ingest_request_with(
             &body,
             header_tenant.as_ref(),
             key_tenant.as_ref(),
+            &pass_through,
             &self.options,
         )
         .map_err(|e| {

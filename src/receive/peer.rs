@@ -276,6 +276,14 @@ impl Inner {
         for group in request.groups {
             let read = read_group(group, &self.reserved_attributes, &self.limits);
             invalid += read.invalid;
+            if read.invalid_headers > 0 {
+                // Names and values are not logged: values are credentials.
+                tracing::warn!(
+                    sender = %request.sender,
+                    headers = read.invalid_headers,
+                    "forwarded pass-through headers that are not valid headers were dropped"
+                );
+            }
             match read.handoff {
                 None => plain.extend(read.spans),
                 Some(h) => {

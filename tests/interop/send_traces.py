@@ -11,6 +11,10 @@ Prints one JSON document on stdout describing every span produced (ids in lower-
       {"span_id", "parent_span_id", "name", "status": "UNSET"|"OK"|"ERROR", "attributes"}]}],
    "resource": {...}}
 Exits 1 (with a message on stderr) if any export failed.
+
+With --tls both exporters speak TLS (gRPC to https://HOST:PORT); the CA they trust and any
+request headers (an API key) come from the SDK's standard environment variables,
+OTEL_EXPORTER_OTLP_CERTIFICATE and OTEL_EXPORTER_OTLP_HEADERS, set by the caller.
 """
 
 import argparse
@@ -94,6 +98,8 @@ def main():
     parser.add_argument("--route", default="/interop", help="http.route of the root spans")
     parser.add_argument("--compression", choices=["none", "gzip"], default="none", help="exporter compression")
     parser.add_argument("--timeout", type=float, default=10.0, help="exporter timeout in seconds")
+    parser.add_argument("--tls", action="store_true",
+                        help="export over TLS (CA and headers from OTEL_EXPORTER_OTLP_* variables)")
     args = parser.parse_args()
 
     resource = Resource.create({
@@ -102,8 +108,11 @@ def main():
         "deployment.environment": "test",
     })
     gzip = args.compression == "gzip"
+    # Over TLS the exporter reads OTEL_EXPORTER_OTLP_CERTIFICATE; headers always come from
+    # OTEL_EXPORTER_OTLP_HEADERS when it is set.
+    grpc_endpoint = "https://%s" % args.grpc if args.tls else args.grpc
     grpc_exporter = CheckedExporter(GrpcExporter(
-        endpoint=args.grpc, insecure=True, timeout=args.timeout,
+        endpoint=grpc_endpoint, insecure=None if args.tls else True, timeout=args.timeout,
         compression=grpc.Compression.Gzip if gzip else grpc.Compression.NoCompression), "grpc")
     http_exporter = CheckedExporter(HttpExporter(
         endpoint=args.http, timeout=args.timeout,

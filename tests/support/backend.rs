@@ -413,6 +413,37 @@ impl RecordingBackend {
         out
     }
 
+    /// For each tenant (resource attribute `tenant_attribute`), the distinct values of `header`
+    /// of the requests that carried its spans (all values of one request joined with ",";
+    /// "" for a request without the header).
+    pub fn header_values_by_tenant(
+        &self,
+        header: &str,
+        tenant_attribute: &str,
+    ) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+        let requests = self.shared.requests.lock().unwrap();
+        let mut map: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+        for r in requests.iter() {
+            let values: Vec<&str> = r
+                .headers
+                .get_all(header)
+                .iter()
+                .map(|v| v.to_str().unwrap_or("<not text>"))
+                .collect();
+            let values = values.join(",");
+            for rs in &r.request.resource_spans {
+                let tenant = rs
+                    .resource
+                    .as_ref()
+                    .and_then(|res| super::traces::attr_str(&res.attributes, tenant_attribute))
+                    .unwrap_or("")
+                    .to_string();
+                map.entry(tenant).or_default().insert(values.clone());
+            }
+        }
+        map
+    }
+
     /// Accepted spans grouped by trace id (hex), each group in arrival order.
     pub fn spans_by_trace(&self) -> BTreeMap<String, Vec<RecordedSpan>> {
         let mut map: BTreeMap<String, Vec<RecordedSpan>> = BTreeMap::new();

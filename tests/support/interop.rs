@@ -62,6 +62,12 @@ pub struct PythonArgs {
     pub error: bool,
     /// Exporter compression: "none" or "gzip".
     pub compression: &'static str,
+    /// Export over TLS trusting this PEM CA file (`OTEL_EXPORTER_OTLP_CERTIFICATE`); `http_url`
+    /// must then be `https://`.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Request headers for both exporters in the SDK's `OTEL_EXPORTER_OTLP_HEADERS` form
+    /// (`name=value,name=value`, values URL-encoded), e.g. an API key.
+    pub headers: Option<String>,
 }
 
 /// Directory of the Python interop driver and its requirements.
@@ -123,6 +129,17 @@ fn python() -> Command {
         "grpc_proxy",
     ] {
         cmd.env_remove(var);
+    }
+    // Only what a test sets explicitly configures the SDK. `requests` (the OTLP/HTTP exporter's
+    // client) lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace the CA file the exporter was
+    // given, so a machine-wide bundle would hide OTEL_EXPORTER_OTLP_CERTIFICATE.
+    for var in ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"] {
+        cmd.env_remove(var);
+    }
+    for (var, _) in std::env::vars_os() {
+        if var.to_string_lossy().starts_with("OTEL_") {
+            cmd.env_remove(var);
+        }
     }
     cmd.env("NO_PROXY", "127.0.0.1,localhost")
         .env("no_proxy", "127.0.0.1,localhost");
@@ -188,6 +205,12 @@ pub async fn run_python_sender(args: PythonArgs) -> ExpectedRun {
             .arg("10");
         if args.error {
             cmd.arg("--error");
+        }
+        if let Some(ca) = &args.tls_ca_file {
+            cmd.arg("--tls").env("OTEL_EXPORTER_OTLP_CERTIFICATE", ca);
+        }
+        if let Some(headers) = &args.headers {
+            cmd.env("OTEL_EXPORTER_OTLP_HEADERS", headers);
         }
         run_bounded(&mut cmd, Duration::from_secs(90))
     })
