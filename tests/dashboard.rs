@@ -162,3 +162,117 @@ async fn dashboard_in_a_real_browser_shows_the_tenants_and_keep_rates_the_api_re
     proxy.sigterm();
     proxy.wait_exit(Duration::from_secs(20)).await;
 }
+
+/// The page as headless Chromium rendered it after running its script.
+async fn rendered(browser: &str, url: String) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = tokio::task::spawn_blocking({
+        let browser = browser.to_string();
+        let profile = profile.path().to_path_buf();
+        move || {
+            Command::new(browser)
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--virtual-time-budget=6000",
+                    "--dump-dom",
+                ])
+                .arg(format!("--user-data-dir={}", profile.display()))
+                .arg(&url)
+                .output()
+        }
+    })
+    .await
+    .unwrap()
+    .expect("chromium runs");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_the_dashboard_shows_every_member_and_the_cluster_totals() {
+    let Some(browser) = chromium() else {
+        assert!(
+            std::env::var("TAILSIFT_REQUIRE_CHROMIUM").is_err(),
+            "chromium is required (apt-get install chromium) but missing"
+        );
+        eprintln!("SKIPPED: no chromium on this machine (scripts/test.sh installs it)");
+        return;
+    };
+    let backend = RecordingBackend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write_file(dir.path(), "rules.toml", RULES);
+    let ports = support::cluster::free_ports(2);
+    let sections: Vec<String> = ports
+        .iter()
+        .map(|p| support::cluster::static_section(*p, &ports))
+        .collect();
+    let nodes = support::cluster::start_nodes(backend.grpc_addr(), &rules, &sections).await;
+    for (k, node) in nodes.iter().enumerate() {
+        let batch: Vec<ResourceSpans> = (0..100u64)
+            .map(|i| {
+                make_trace(
+                    trace_id_from_seed(60_000 + 1_000 * k as u64 + i),
+                    "acme",
+                    2,
+                    false,
+                    "/d",
+                )
+            })
+            .collect();
+        send_grpc(node.grpc, make_request(batch))
+            .await
+            .expect("accepted");
+    }
+    // Wait until the cluster has decided all 200 traces.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = http_get(nodes[0].admin, "/api/v1/tenants?window=5m&scope=cluster").await;
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
+        let kept: u64 = body["tenants"]
+            .as_array()
+            .map(|ts| ts.iter().filter_map(|t| t["traces_kept"].as_u64()).sum())
+            .unwrap_or(0);
+        if kept == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not all decided: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dom = rendered(browser, format!("http://{}/", nodes[0].admin)).await;
+    assert!(
+        dom.contains("<section id=\"cluster\">"),
+        "cluster section hidden:\n{dom}"
+    );
+    for p in &ports {
+        assert!(
+            dom.contains(&support::cluster::peer_addr(*p)),
+            "member {p} not shown:\n{dom}"
+        );
+    }
+    assert!(dom.contains("(this node)"), "{dom}");
+    let total = regex::Regex::new(
+        r"<tr><td[^>]*>cluster</td><td>[^<]*</td><td>([^<]*)</td><td>([^<]*)</td>",
+    )
+    .unwrap();
+    let c = total
+        .captures(&dom)
+        .unwrap_or_else(|| panic!("no cluster totals row:\n{dom}"));
+    let number = |s: &str| s.replace([',', '.', ' ', '\u{a0}'], "").parse::<u64>().ok();
+    assert_eq!(number(&c[1]), Some(200), "cluster traces");
+    assert_eq!(number(&c[2]), Some(200), "cluster traces kept");
+    for n in &nodes {
+        n.sigterm();
+    }
+    for mut n in nodes {
+        n.wait_exit(Duration::from_secs(20)).await;
+    }
+}
