@@ -2,6 +2,7 @@
 //! runtime tenant tags. It reads the handles it is given and never reaches into a stage.
 //! `docs/admin-api.md` documents every endpoint; [`client`] is the CLI's side of it.
 
+pub mod auth;
 pub mod client;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
