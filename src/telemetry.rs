@@ -4,7 +4,7 @@
 //! `tracing-serde` for what serde_json already does here.
 //!
 //! ```text
-//! {"timestamp":"2026-01-02T03:04:05.678901Z","level":"INFO","target":"tailsift::app","message":"tailsift listening ...","shards":2}
+//! {"timestamp":"2026-01-02T03:04:05.678901Z","level":"INFO","target":"tailsift::tags","message":"tenant tags loaded","path":"tailsift-tags.json","tags":0}
 //! ```
 
 use std::fmt;
@@ -62,21 +62,29 @@ where
         let mut timestamp = String::new();
         SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
         let meta = event.metadata();
-        let mut line = Map::new();
-        line.insert("timestamp".into(), Value::String(timestamp));
-        line.insert("level".into(), Value::from(meta.level().as_str()));
-        line.insert("target".into(), Value::from(meta.target()));
         let mut fields = Fields(Map::new());
         event.record(&mut fields);
+        // The line's own keys first, in a fixed order, then the event's fields.
+        let mut line = format!(
+            "{{\"timestamp\":{},\"level\":{},\"target\":{}",
+            Value::String(timestamp),
+            Value::from(meta.level().as_str()),
+            Value::from(meta.target())
+        );
+        let message = fields.0.remove("message");
+        if let Some(m) = message {
+            line.push_str(&format!(",\"message\":{m}"));
+        }
         for (k, v) in fields.0 {
             // An event field named like one of the line's own keys keeps both.
-            let k = if line.contains_key(&k) {
+            let k = if ["timestamp", "level", "target"].contains(&k.as_str()) {
                 format!("field.{k}")
             } else {
                 k
             };
-            line.insert(k, v);
+            line.push_str(&format!(",{}:{v}", Value::String(k)));
         }
-        writeln!(writer, "{}", Value::Object(line))
+        line.push('}');
+        writeln!(writer, "{line}")
     }
 }

@@ -40,8 +40,13 @@ async fn check_names_the_keys_set_from_the_environment() {
         "{}",
         out.stdout
     );
-    assert!(out.stdout.contains("export.endpoint (TAILSIFT_EXPORT__ENDPOINT)"));
-    assert!(!out.stdout.contains("2GiB"), "values are not printed (they may be secrets)");
+    assert!(out
+        .stdout
+        .contains("export.endpoint (TAILSIFT_EXPORT__ENDPOINT)"));
+    assert!(
+        !out.stdout.contains("2GiB"),
+        "values are not printed (they may be secrets)"
+    );
 
     let bad = run_tailsift_with_env(
         &["check", "--config", config],
@@ -85,8 +90,8 @@ async fn json_logs_are_one_object_per_line_and_name_the_listeners() {
     let log = node.log();
     let mut listening = None;
     for line in log.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
         assert!(v["timestamp"].is_string() && v["level"].is_string(), "{v}");
         let message = v["message"].as_str().unwrap_or_default();
         if message.starts_with("tailsift listening") {
@@ -94,7 +99,10 @@ async fn json_logs_are_one_object_per_line_and_name_the_listeners() {
         }
     }
     let listening = listening.expect("a JSON line with the listen message");
-    assert!(listening.contains(&format!("admin={}", node.admin)), "{listening}");
+    assert!(
+        listening.contains(&format!("admin={}", node.admin)),
+        "{listening}"
+    );
 }
 
 #[tokio::test]
