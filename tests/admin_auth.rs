@@ -234,3 +234,75 @@ async fn the_cli_sends_the_token_from_token_file_or_the_environment() {
         wrong.stderr
     );
 }
+
+/// Starts a static cluster, node `i` reading its admin token from `tokens[i]`.
+async fn cluster_with_tokens(
+    backend: &support::RecordingBackend,
+    dir: &std::path::Path,
+    tokens: &[&str],
+) -> Vec<TailsiftProcess> {
+    use support::cluster::{free_ports, node_config, static_section};
+    let rules = write_file(dir, "rules.toml", KEEP_ALL_RULES);
+    let ports = free_ports(tokens.len());
+    let mut nodes = Vec::new();
+    for (i, (port, token)) in ports.iter().zip(tokens).enumerate() {
+        let file = write_file(dir, &format!("token-{i}"), token);
+        let config = node_config(backend.grpc_addr(), &rules, &static_section(*port, &ports))
+            .replace(
+                "[admin]\n",
+                &format!("[admin]\ntoken_file = \"{}\"\n", file.display()),
+            );
+        nodes.push(TailsiftProcess::start(&config).await);
+    }
+    nodes
+}
+
+/// The `nodes` statuses of a cluster-scoped answer, this node first.
+async fn fanned_out(admin: SocketAddr, method: &str, path: &str, body: &str) -> Vec<u64> {
+    let bearer = format!("Bearer {TOKEN}");
+    let reply = try_http(
+        method,
+        admin,
+        path,
+        &[
+            ("content-type", "application/json"),
+            ("authorization", bearer.as_str()),
+        ],
+        Bytes::from(body.to_string()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let json: serde_json::Value = serde_json::from_slice(&reply.body).expect("JSON answer");
+    json["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no nodes in {json}"))
+        .iter()
+        .map(|n| n["status"].as_u64().unwrap_or(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_whose_nodes_share_a_token_still_acts_as_one() {
+    let backend = support::RecordingBackend::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = cluster_with_tokens(&backend, dir.path(), &[TOKEN, TOKEN]).await;
+    let tag = fanned_out(nodes[0].admin, "PUT", "/api/v1/tenants/acme/tag", "{}").await;
+    assert_eq!(tag, [200, 200], "the tag reached every member");
+    let reload = fanned_out(
+        nodes[0].admin,
+        "POST",
+        "/api/v1/rules/reload?scope=cluster",
+        "",
+    )
+    .await;
+    assert_eq!(reload, [200, 200], "every member reloaded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_another_token_refuses_what_a_node_forwards() {
+    let backend = support::RecordingBackend::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = cluster_with_tokens(&backend, dir.path(), &[TOKEN, "another-token"]).await;
+    let tag = fanned_out(nodes[0].admin, "PUT", "/api/v1/tenants/acme/tag", "{}").await;
+    assert_eq!(tag, [200, 401], "the member with another token says so");
+}
