@@ -243,7 +243,7 @@ pub async fn guard(State(token): State<Arc<AdminToken>>, req: Request, next: Nex
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        .and_then(|v| bearer_token(v.as_bytes()));
     match presented {
         Some(p) if token.verify(p) => next.run(req).await,
         presented => {
@@ -261,6 +261,18 @@ pub async fn guard(State(token): State<Arc<AdminToken>>, req: Request, next: Nex
                 .into_response()
         }
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value (the scheme is case-insensitive,
+/// RFC 6750); `None` for another scheme.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let space = value.iter().position(|b| *b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let start = rest.iter().position(|b| *b != b' ')?;
+    Some(&rest[start..])
 }
 
 /// `router` with every route behind [`guard`].
@@ -288,6 +300,15 @@ mod tests {
         assert!(!t.verify(b"s3cret2"));
         assert!(!t.verify(b""));
         assert_eq!(t.bearer().as_deref(), Some("Bearer s3cret"));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_other_schemes_carry_no_token() {
+        assert_eq!(bearer_token(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"bearer  abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"Basic abc"), None);
+        assert_eq!(bearer_token(b"Bearer"), None);
+        assert_eq!(bearer_token(b"Bearer "), None);
     }
 
     #[test]
