@@ -146,10 +146,7 @@ fn main() -> ExitCode {
             init_logging(log_format);
             let config = match load_config(config.as_ref()) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(e) => return run_failed(log_format, &e.to_string()),
             };
             for o in &config.from_env {
                 tracing::info!(key = %o.key, var = %o.var, "config key set from the environment");
@@ -166,10 +163,7 @@ fn main() -> ExitCode {
             };
             match runtime.block_on(tailsift::app::run_until_signal(config)) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
+                Err(e) => run_failed(log_format, &format!("{e:#}")),
             }
         }
         Command::Check { config } => check(config.as_ref()),
@@ -563,6 +557,16 @@ fn check(path: Option<&PathBuf>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Reports why `tailsift run` stops: `error: ...` on stderr, or a JSON log line with
+/// `--log-format json` so a log collector sees it like every other line.
+fn run_failed(format: LogFormat, why: &str) -> ExitCode {
+    match format {
+        LogFormat::Text => eprintln!("error: {why}"),
+        LogFormat::Json => tracing::error!("{why}"),
+    }
+    ExitCode::FAILURE
 }
 
 fn init_logging(format: LogFormat) {

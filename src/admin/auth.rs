@@ -39,8 +39,10 @@ const OPEN_PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/"];
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     /// The token file could not be read.
-    #[error("admin.token_file {}: cannot read: {source}", path.display())]
+    #[error("{origin} {}: cannot read: {source}", path.display())]
     Io {
+        /// What named the file (`admin.token_file`, `--token-file`).
+        origin: &'static str,
         /// The file.
         path: PathBuf,
         /// What the OS said.
@@ -118,7 +120,7 @@ impl AdminToken {
         let text = match &token.source {
             Source::None => None,
             Source::Env => Some(checked(env.unwrap_or_default(), TOKEN_ENV)?),
-            Source::File(path) => Some(read_file(path)?),
+            Source::File(path) => Some(read_file(path, "admin.token_file")?),
         };
         if text.is_none() && token.require_for_reads {
             return Err(TokenError::Unusable {
@@ -158,7 +160,7 @@ impl AdminToken {
         let Source::File(path) = &self.source else {
             return Ok(());
         };
-        match read_file(path) {
+        match read_file(path, "admin.token_file") {
             Ok(text) => {
                 self.current.store(Some(Arc::new(self.secret(text))));
                 tracing::info!(path = %path.display(), "admin token reloaded");
@@ -209,13 +211,15 @@ impl AdminToken {
     }
 }
 
-/// Reads a token file: the first line's content, without surrounding whitespace.
-pub fn read_file(path: &Path) -> Result<String, TokenError> {
+/// Reads a token file (its content without surrounding whitespace); `origin` names the
+/// setting that named the file in errors (`admin.token_file`, `--token-file`).
+pub fn read_file(path: &Path, origin: &'static str) -> Result<String, TokenError> {
     let text = std::fs::read_to_string(path).map_err(|source| TokenError::Io {
+        origin,
         path: path.to_path_buf(),
         source,
     })?;
-    checked(text, &format!("admin.token_file {}", path.display()))
+    checked(text, &format!("{origin} {}", path.display()))
 }
 
 /// The token without surrounding whitespace, refused when empty or not a header value.

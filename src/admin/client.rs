@@ -98,13 +98,13 @@ pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
-/// The token the CLI sends: the first line of `token_file` when given, else
+/// The token the CLI sends: the content of `token_file` when given, else
 /// `TAILSIFT_ADMIN_TOKEN`, else none.
 pub fn cli_token(
     token_file: Option<&std::path::Path>,
 ) -> Result<Option<String>, super::auth::TokenError> {
     match token_file {
-        Some(path) => super::auth::read_file(path).map(Some),
+        Some(path) => super::auth::read_file(path, "--token-file").map(Some),
         None => Ok(std::env::var(super::auth::TOKEN_ENV)
             .ok()
             .map(|t| t.trim().to_string())
