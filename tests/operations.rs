@@ -120,3 +120,26 @@ async fn version_names_the_package_version_and_the_git_revision() {
         "revision {rev:?}"
     );
 }
+
+#[tokio::test]
+async fn with_json_logs_a_start_up_failure_is_a_json_line_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_file(dir.path(), "bad.toml", "[buffer]\nmax_memory = \"1B\"\n");
+    let config = config.to_str().expect("utf-8 path");
+    let out = run_tailsift_with_env(
+        &["run", "--config", config, "--log-format", "json"],
+        &[],
+        CLI_TIMEOUT,
+    )
+    .await;
+    assert!(!out.status.success());
+    let line: serde_json::Value = serde_json::from_str(out.stderr.trim())
+        .unwrap_or_else(|e| panic!("not one JSON line ({e}): {}", out.stderr));
+    assert_eq!(line["level"], "ERROR");
+    assert!(
+        line["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("buffer.max_memory")),
+        "{line}"
+    );
+}

@@ -2,7 +2,8 @@
 //!
 //! The proxy is started as `tailsift run --config <file>` with every listener on `127.0.0.1:0`.
 //! Once bound it prints (possibly inside a `tracing` line with prefixes and ANSI colours) a line
-//! holding `grpc=<ip:port> http=<ip:port> admin=<ip:port>`; we parse that from stderr. Both
+//! holding `grpc=<ip:port> http=<ip:port> admin=<ip:port>` (with `--log-format json`, inside the
+//! line's `message`); we parse that from stderr. Both
 //! output pipes are drained by threads into buffers for the child's whole life, so it never
 //! blocks on a full pipe, and the captured log is printed if a test panics while it runs.
 
