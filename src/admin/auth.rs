@@ -306,6 +306,40 @@ mod tests {
         assert_eq!(t.bearer().as_deref(), Some("Bearer s3cret"));
     }
 
+    /// What `f` logs, as text.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
+        text
+    }
+
+    #[test]
+    fn an_open_admin_api_beyond_loopback_is_warned_about() {
+        let public: SocketAddr = "10.1.2.3:8080".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert!(logged(|| AdminToken::none().warn_if_open(public)).contains("without a token"));
+        assert!(logged(|| AdminToken::none().warn_if_open(local)).is_empty());
+        let guarded = AdminToken::load(&config(None, false), Some("t".into())).unwrap();
+        assert!(logged(|| guarded.warn_if_open(public)).is_empty());
+    }
+
     #[test]
     fn the_bearer_scheme_is_case_insensitive_and_other_schemes_carry_no_token() {
         assert_eq!(bearer_token(b"Bearer abc"), Some(&b"abc"[..]));
