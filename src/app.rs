@@ -280,25 +280,23 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let fanout = cluster.as_ref().map(|c| c.status.fanout.clone());
     let admin_task = {
         let mut stop = stop_rx.clone();
-        let app = admin::auth::protect(
-            admin::router(AdminState {
-                stats: stats.clone(),
-                rules: rules.clone(),
-                tags: tags.clone(),
-                shadow: shadow_stats.clone(),
-                samplers,
-                ready: ready.clone(),
-                max_memory: config.buffer.max_memory.0 as i64,
-                cluster: cluster.as_ref().map(|c| c.status.clone()),
-                on_reload: reload_hook.clone(),
-            })
-            .merge(admin::tenants::router(admin::tenants::TenantApi {
-                stats: stats.clone(),
-                traces: Arc::new(router),
-                fanout: fanout.clone(),
-            })),
-            admin_token.clone(),
-        );
+        let app = admin::router(AdminState {
+            stats: stats.clone(),
+            rules: rules.clone(),
+            tags: tags.clone(),
+            shadow: shadow_stats.clone(),
+            samplers,
+            ready: ready.clone(),
+            max_memory: config.buffer.max_memory.0 as i64,
+            cluster: cluster.as_ref().map(|c| c.status.clone()),
+            on_reload: reload_hook.clone(),
+        })
+        .merge(admin::tenants::router(admin::tenants::TenantApi {
+            stats: stats.clone(),
+            traces: Arc::new(router),
+            fanout: fanout.clone(),
+        }));
+        let app = admin::auth::protect(app, admin_token.clone());
         tokio::spawn(async move {
             // The admin API stays up until the very end, so shutdown can be watched.
             let signal = async move {
