@@ -156,6 +156,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // The admin listener is bound first: the peers learn its address through Peer/Info.
     let admin_listener = bind(config.admin.listen, "admin.listen").await?;
     let admin_addr = admin_listener.local_addr()?;
+    let admin_token = Arc::new(
+        admin::auth::AdminToken::load(&config.admin, std::env::var(admin::auth::TOKEN_ENV).ok())
+            .context("loading the admin token")?,
+    );
+    admin_token.warn_if_open(admin_addr);
 
     // route (and, in a cluster, membership, forwarding and the peer listener)
     let cluster = match &config.cluster {
@@ -169,6 +174,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 &samplers,
                 &stop_rx,
                 admin_addr,
+                &admin_token,
             )
             .await?,
         ),
@@ -187,12 +193,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         None => None,
     };
     let reload_hook = reload::chain_hooks(
-        cluster.as_ref().and_then(|c| c.reread_peers.clone()),
-        api_keys.clone().map(|keys| {
-            Arc::new(move || {
-                // A failure is logged by reload; the previous keys stay.
-                let _ = keys.reload();
-            }) as reload::ReloadHook
+        reload::chain_hooks(
+            cluster.as_ref().and_then(|c| c.reread_peers.clone()),
+            api_keys.clone().map(|keys| {
+                Arc::new(move || {
+                    // A failure is logged by reload; the previous keys stay.
+                    let _ = keys.reload();
+                }) as reload::ReloadHook
+            }),
+        ),
+        Some({
+            let token = admin_token.clone();
+            // A failure is logged by reload; the previous token stays.
+            Arc::new(move || drop(token.reload())) as reload::ReloadHook
         }),
     );
     let receiver = Arc::new(
@@ -284,6 +297,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             traces: Arc::new(router),
             fanout: fanout.clone(),
         }));
+        let app = admin::auth::protect(app, admin_token.clone());
         tokio::spawn(async move {
             // The admin API stays up until the very end, so shutdown can be watched.
             let signal = async move {
@@ -417,6 +431,7 @@ async fn start_cluster(
     samplers: &Arc<SamplerBoard>,
     stop_rx: &watch::Receiver<bool>,
     admin_addr: SocketAddr,
+    admin_token: &Arc<admin::auth::AdminToken>,
 ) -> anyhow::Result<ClusterParts> {
     if let Some(tls) = &cc.tls {
         crate::cluster::peer::PeerClientTls::load(tls)
@@ -607,7 +622,7 @@ async fn start_cluster(
             }
         })
     };
-    let fanout = Fanout::new(membership.clone(), PEER_TIMEOUT);
+    let fanout = Fanout::new(membership.clone(), PEER_TIMEOUT, admin_token.clone());
     // Ends with the stop signal; nothing waits for it at shutdown.
     tokio::spawn(
         fanout

@@ -180,6 +180,106 @@ pub struct Config {
     /// SIGHUP can re-read `[cluster] peers`.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// The keys set from `TAILSIFT_<SECTION>__<KEY>` variables (not a key), so `tailsift
+    /// check` and the start-up log can say where a value came from.
+    #[serde(skip)]
+    pub from_env: Vec<EnvOverride>,
+}
+
+/// The prefix of environment variables that override config keys:
+/// `TAILSIFT_<SECTION>__<KEY>`, `__` between the levels of the key path.
+pub const ENV_PREFIX: &str = "TAILSIFT_";
+
+/// One config key whose value came from the environment, for `tailsift check`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvOverride {
+    /// The variable, e.g. `TAILSIFT_BUFFER__MAX_MEMORY`.
+    pub var: String,
+    /// The key it set, e.g. `buffer.max_memory`.
+    pub key: String,
+}
+
+/// The process's `TAILSIFT_*__*` variables, sorted: the overrides [`Config::parse`] applies.
+/// Variables without `__` (`TAILSIFT_ADMIN_TOKEN`, `TAILSIFT_ADVERTISE`) are not overrides.
+pub fn env_overrides() -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let k = k.into_string().ok()?;
+            (k.starts_with(ENV_PREFIX) && k.contains("__"))
+                .then(|| (k, v.to_string_lossy().into_owned()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// An environment value as TOML when it reads as one value (`8080`, `true`, `["a", "b"]`,
+/// `"quoted"`), else as the string itself (`2GiB`, `https://api.example.com`).
+fn env_value(text: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {text}")) {
+        Ok(mut t) if t.len() == 1 => t.remove("v").unwrap_or_else(|| text.into()),
+        _ => toml::Value::String(text.to_string()),
+    }
+}
+
+/// Sets `parents.last = value` in `table`, adding missing sections; `Err(i)` when
+/// `parents[i]` is a value rather than a section.
+fn set_path(
+    table: &mut toml::Table,
+    parents: &[String],
+    last: &str,
+    value: toml::Value,
+) -> Result<(), usize> {
+    let Some((first, rest)) = parents.split_first() else {
+        table.insert(last.to_string(), value);
+        return Ok(());
+    };
+    let entry = table
+        .entry(first.clone())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    match entry {
+        toml::Value::Table(t) => set_path(t, rest, last, value).map_err(|i| i + 1),
+        _ => Err(0),
+    }
+}
+
+/// Sets each override's key in the parsed file; one problem per variable that names no key
+/// path. Unknown keys are left for `deny_unknown_fields` to refuse.
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    overrides: &[(String, String)],
+    problems: &mut Vec<String>,
+) -> Vec<EnvOverride> {
+    let mut applied = Vec::new();
+    for (var, value) in overrides {
+        let segments: Vec<String> = var
+            .strip_prefix(ENV_PREFIX)
+            .unwrap_or(var)
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        let key = segments.join(".");
+        let Some((last, parents)) = segments.split_last() else {
+            continue;
+        };
+        if parents.is_empty() || segments.iter().any(String::is_empty) {
+            problems.push(format!(
+                "{var}: expected {ENV_PREFIX}<SECTION>__<KEY> (e.g. TAILSIFT_EXPORT__ENDPOINT)"
+            ));
+            continue;
+        }
+        match set_path(table, parents, last, env_value(value)) {
+            Ok(()) => applied.push(EnvOverride {
+                var: var.clone(),
+                key,
+            }),
+            Err(depth) => problems.push(format!(
+                "{var}: {} is a value, not a section",
+                segments[..=depth].join(".")
+            )),
+        }
+    }
+    applied
 }
 
 /// `[receive]`: OTLP listeners and request limits.
@@ -825,12 +925,20 @@ impl ExportConfig {
 pub struct AdminConfig {
     /// Listen address of the admin API (keep it on loopback or a private network).
     pub listen: SocketAddr,
+    /// A file holding the bearer token that mutating admin calls must send (re-read on
+    /// SIGHUP and rules reload); absent: `TAILSIFT_ADMIN_TOKEN`, else no token.
+    pub token_file: Option<PathBuf>,
+    /// Also require the token for reads (everything but `/healthz`, `/readyz`, `/metrics`
+    /// and the dashboard page).
+    pub require_token_for_reads: bool,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            token_file: None,
+            require_token_for_reads: false,
         }
     }
 }
@@ -1133,9 +1241,10 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses and validates config text; `path` names it in errors and anchors relative paths.
+    /// Parses and validates config text, with the process's `TAILSIFT_<SECTION>__<KEY>`
+    /// overrides applied; `path` names it in errors and anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        Config::parse_with_env(text, path, env_lookup)
+        Config::parse_with(text, path, env_lookup, &env_overrides())
     }
 
     /// Like [`Config::parse`] with `lookup` standing in for the environment (`${VAR}` in
@@ -1145,11 +1254,48 @@ impl Config {
         path: &Path,
         lookup: impl Fn(&str) -> Result<String, String>,
     ) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        Config::parse_with(text, path, lookup, &[])
+    }
+
+    /// Like [`Config::parse_with_env`], with `overrides` (variable, value) standing in for the
+    /// environment's `TAILSIFT_<SECTION>__<KEY>` variables. They are set in the parsed TOML
+    /// tree before it is deserialised, so values get the key's type and unknown keys are
+    /// refused like unknown keys in the file.
+    pub fn parse_with(
+        text: &str,
+        path: &Path,
+        lookup: impl Fn(&str) -> Result<String, String>,
+        overrides: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
-        })?;
-        let mut problems = config.export.headers.expand_env(lookup);
+        };
+        let mut problems = Vec::new();
+        let (mut config, from_env): (Config, _) = if overrides.is_empty() {
+            (toml::from_str(text).map_err(parse_error)?, Vec::new())
+        } else {
+            let mut table: toml::Table = toml::from_str(text).map_err(parse_error)?;
+            let from_env = apply_env_overrides(&mut table, overrides, &mut problems);
+            match toml::Value::Table(table).try_into() {
+                Ok(c) => (c, from_env),
+                Err(e) => {
+                    // A mistake in the file itself is reported with its line and column.
+                    toml::from_str::<Config>(text).map_err(parse_error)?;
+                    let vars: Vec<&str> = from_env.iter().map(|o| o.var.as_str()).collect();
+                    return Err(ConfigError::Parse {
+                        path: path.to_path_buf(),
+                        message: format!(
+                            "{} (with keys set from the environment: {})",
+                            e.to_string().trim_end(),
+                            vars.join(", ")
+                        ),
+                    });
+                }
+            }
+        };
+        config.from_env = from_env;
+        problems.extend(config.export.headers.expand_env(lookup));
         config.export.merge_tls_table(&mut problems);
         config.problems(&mut problems);
         if problems.is_empty() {
@@ -1258,6 +1404,79 @@ mod tests {
         assert!(c.rules.watch);
         assert_eq!(c.rules.shadow_file, None);
         assert_eq!(c.rules.tags_file, PathBuf::from("tailsift-tags.json"));
+    }
+
+    fn with_env(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::parse_with(text, Path::new("t.toml"), |_| Err("unset".into()), &vars)
+    }
+
+    #[test]
+    fn environment_variables_override_keys_with_the_keys_types() {
+        let c = with_env(
+            "[buffer]\nmax_memory = \"1GiB\"\n",
+            &[
+                ("TAILSIFT_BUFFER__MAX_MEMORY", "2GiB"),
+                ("TAILSIFT_BUFFER__MAX_SPANS_PER_TRACE", "77"),
+                ("TAILSIFT_RULES__WATCH", "false"),
+                ("TAILSIFT_ADMIN__LISTEN", "127.0.0.1:9999"),
+                ("TAILSIFT_EXPORT__ENDPOINT", "https://api.example.com:443"),
+                ("TAILSIFT_TENANT__DEFAULT", "\"123\""),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.buffer.max_memory.0, 2 << 30);
+        assert_eq!(c.buffer.max_spans_per_trace, 77);
+        assert!(!c.rules.watch);
+        assert_eq!(c.admin.listen.port(), 9999);
+        assert_eq!(c.export.endpoint, "https://api.example.com:443");
+        assert_eq!(c.tenant.default, "123");
+        let keys: Vec<&str> = c.from_env.iter().map(|o| o.key.as_str()).collect();
+        assert!(keys.contains(&"buffer.max_memory") && keys.contains(&"admin.listen"));
+    }
+
+    #[test]
+    fn an_environment_variable_can_add_a_section_the_file_lacks() {
+        let c = with_env(
+            "",
+            &[
+                ("TAILSIFT_CLUSTER__MEMBERSHIP", "static"),
+                (
+                    "TAILSIFT_CLUSTER__PEERS",
+                    "[\"10.0.0.1:4319\", \"10.0.0.2:4319\"]",
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.cluster.unwrap().peers.len(), 2);
+    }
+
+    #[test]
+    fn an_environment_variable_for_an_unknown_key_is_refused_by_name() {
+        let e = with_env("", &[("TAILSIFT_BUFFER__MAX_MEMROY", "2GiB")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("max_memroy") && e.contains("TAILSIFT_BUFFER__MAX_MEMROY"),
+            "{e}"
+        );
+        let e = with_env(
+            "[buffer]\n",
+            &[("TAILSIFT_BUFFER", "x"), ("TAILSIFT___X", "1")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("TAILSIFT___X"), "{e}");
+        let e = with_env(
+            "[buffer]\nmax_memory = \"1GiB\"\n",
+            &[("TAILSIFT_BUFFER__MAX_MEMORY__X", "1")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("buffer.max_memory is a value"), "{e}");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //!  OTLP HTTP :4318 ─┴─> receive ─> route ─> buffer ─> decide ─> export ─> OTLP gRPC / HTTP / file
 //!                        (tenant)   (shard    (per-trace  (rules,   (batch, annotate,
 //!                                    by id)    timers)     th/rv)    retry, count)
-//!  admin HTTP :8080: /healthz /readyz /metrics /api/v1/rules[/reload|/shadow] /api/v1/tenant-tags
+//!  admin HTTP :8080 (bearer token for changes, see admin::auth): /healthz /readyz /metrics /api/v1/rules[/reload|/shadow] /api/v1/tenant-tags
 //!                    /api/v1/samplers/{name}
 //!                    /api/v1/tenants[/{id}] /api/v1/traces/{id} /api/v1/history / (dashboard)
 //! ```
@@ -26,6 +26,7 @@
 //! - [`tags`]: runtime tenant tags (keep all of a tenant's traces), persisted in a state file.
 //! - [`shadow`]: a candidate rule set's outcomes counted beside the live ones.
 //! - [`explain`]: `tailsift rules test`, deciding recorded OTLP/JSON traces with reasons.
+//! - [`telemetry`]: the log line formats of `tailsift run` (`--log-format json`).
 //! - [`app`]: the composition root; [`model`]: the types that cross stages.
 #![forbid(unsafe_code)]
 
@@ -48,3 +49,4 @@ pub mod sample;
 pub mod shadow;
 pub mod stats;
 pub mod tags;
+pub mod telemetry;

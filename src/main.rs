@@ -8,9 +8,17 @@ use clap::{Parser, Subcommand};
 mod stats_cmd;
 use tailsift::config::Config;
 
+/// The version `--version` prints: the package version and the git revision it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("TAILSIFT_GIT_REV"),
+    ")"
+);
+
 /// A tail-sampling OTLP trace proxy.
 #[derive(Parser)]
-#[command(name = "tailsift", version, about)]
+#[command(name = "tailsift", version = VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,6 +31,9 @@ enum Command {
         /// Config file (TOML); without it every key takes its documented default.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Log lines as text for people or as one JSON object per line for log collectors.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Validate a config file and its rules file with the same code start-up uses.
     Check {
@@ -32,7 +43,7 @@ enum Command {
     },
     /// Print per-tenant keep rates of a running node (from its admin API).
     Stats(stats_cmd::StatsArgs),
-    /// Work with rules files offline.
+    /// Work with rules files: test them offline, reload them on a running node.
     Rules {
         #[command(subcommand)]
         command: RulesCommand,
@@ -42,6 +53,9 @@ enum Command {
         /// The node's admin API.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         admin: String,
+        /// A file holding the admin token (else `TAILSIFT_ADMIN_TOKEN`).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
         /// Print the raw JSON of `GET /api/v1/cluster` instead of a table.
         #[arg(long)]
         json: bool,
@@ -51,9 +65,21 @@ enum Command {
         /// The node's admin API.
         #[arg(long, global = true, default_value = "http://127.0.0.1:8080")]
         admin: String,
+        /// A file holding the admin token (else `TAILSIFT_ADMIN_TOKEN`).
+        #[arg(long, global = true)]
+        token_file: Option<PathBuf>,
         #[command(subcommand)]
         command: TenantsCommand,
     },
+}
+
+/// How `tailsift run` writes its log lines to stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// `tracing`'s human-readable lines.
+    Text,
+    /// One JSON object per line: timestamp, level, target, message and the event's fields.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -69,6 +95,18 @@ enum RulesCommand {
         /// Config file, for how tenants are found (`[tenant]`); defaults otherwise.
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Make a running node re-read its rules file (`POST /api/v1/rules/reload`).
+    Reload {
+        /// The node's admin API.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        admin: String,
+        /// A file holding the admin token (else `TAILSIFT_ADMIN_TOKEN`).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// In a cluster, every member reloads its own file.
+        #[arg(long)]
+        cluster: bool,
     },
 }
 
@@ -92,25 +130,27 @@ enum TenantsCommand {
     Tags,
 }
 
+/// The config file, or the defaults without one; `TAILSIFT_<SECTION>__<KEY>` overrides apply
+/// to both.
 fn load_config(path: Option<&PathBuf>) -> Result<Config, tailsift::config::ConfigError> {
     match path {
         Some(p) => Config::load(p),
-        None => Ok(Config::default()),
+        None => Config::parse("", Path::new("(no config file)")),
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => {
-            init_logging();
+        Command::Run { config, log_format } => {
+            init_logging(log_format);
             let config = match load_config(config.as_ref()) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(e) => return run_failed(log_format, &e.to_string()),
             };
+            for o in &config.from_env {
+                tracing::info!(key = %o.key, var = %o.var, "config key set from the environment");
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -123,14 +163,15 @@ fn main() -> ExitCode {
             };
             match runtime.block_on(tailsift::app::run_until_signal(config)) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
+                Err(e) => run_failed(log_format, &format!("{e:#}")),
             }
         }
         Command::Check { config } => check(config.as_ref()),
-        Command::Cluster { admin, json } => cluster(&admin, json),
+        Command::Cluster {
+            admin,
+            json,
+            token_file,
+        } => cluster(&admin, json, token_file.as_deref()),
         Command::Stats(args) => stats_cmd::run(args),
         Command::Rules {
             command:
@@ -140,7 +181,19 @@ fn main() -> ExitCode {
                     config,
                 },
         } => rules_test(&rules, &trace, config.as_ref()),
-        Command::Tenants { admin, command } => tenants(&admin, command),
+        Command::Rules {
+            command:
+                RulesCommand::Reload {
+                    admin,
+                    token_file,
+                    cluster,
+                },
+        } => rules_reload(&admin, token_file.as_deref(), cluster),
+        Command::Tenants {
+            admin,
+            token_file,
+            command,
+        } => tenants(&admin, token_file.as_deref(), command),
     }
 }
 
@@ -199,8 +252,79 @@ fn rules_test(rules: &Path, trace: &Path, config: Option<&PathBuf>) -> ExitCode 
     ExitCode::SUCCESS
 }
 
+/// One admin API call from the CLI, with the token of `--token-file` or
+/// `TAILSIFT_ADMIN_TOKEN`; a 401 says how to give one.
+fn call_admin(
+    admin: &str,
+    method: http::Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    token_file: Option<&Path>,
+) -> Result<tailsift::admin::client::Answer, String> {
+    use tailsift::admin::client;
+    let token = client::cli_token(token_file).map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let authorization = token.as_deref().map(client::bearer);
+    let answer = runtime
+        .block_on(client::request(
+            admin,
+            method,
+            path,
+            body,
+            authorization.as_deref(),
+        ))
+        .map_err(|e| e.to_string())?;
+    if answer.status == http::StatusCode::UNAUTHORIZED {
+        return Err(unauthorized_message(token.is_some()));
+    }
+    Ok(answer)
+}
+
+/// What the CLI says when the admin API answers 401.
+fn unauthorized_message(sent_token: bool) -> String {
+    if sent_token {
+        "the admin API refused the token (401): check --token-file or TAILSIFT_ADMIN_TOKEN".into()
+    } else {
+        tailsift::admin::auth::NEEDS_TOKEN.into()
+    }
+}
+
+/// `tailsift rules reload`: the node (with `--cluster`, every member) re-reads its rules.
+fn rules_reload(admin: &str, token_file: Option<&Path>, cluster: bool) -> ExitCode {
+    let scope = if cluster { "cluster" } else { "local" };
+    let path = format!("/api/v1/rules/reload?scope={scope}");
+    let answer = match call_admin(admin, http::Method::POST, &path, None, token_file) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json: serde_json::Value = serde_json::from_str(&answer.body).unwrap_or_default();
+    for node in json["nodes"].as_array().into_iter().flatten() {
+        if node["reloaded"] != true {
+            eprintln!(
+                "warning: member {} did not reload: {}",
+                node["address"].as_str().unwrap_or("?"),
+                node["error"].as_str().unwrap_or("no answer")
+            );
+        }
+    }
+    if json["reloaded"] == true {
+        println!("rules reloaded");
+        ExitCode::SUCCESS
+    } else {
+        let why = json["error"].as_str().unwrap_or(answer.body.trim());
+        eprintln!("error: rules not reloaded: {why} ({})", answer.status);
+        ExitCode::FAILURE
+    }
+}
+
 /// `tailsift tenants ...`: one admin API call, its answer printed.
-fn tenants(admin: &str, command: TenantsCommand) -> ExitCode {
+fn tenants(admin: &str, token_file: Option<&Path>, command: TenantsCommand) -> ExitCode {
     use http::Method;
     let (method, path, body) = match &command {
         TenantsCommand::Tag { tenant, duration } => {
@@ -221,22 +345,7 @@ fn tenants(admin: &str, command: TenantsCommand) -> ExitCode {
         ),
         TenantsCommand::Tags => (Method::GET, "/api/v1/tenant-tags".to_string(), None),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let answer = match runtime.block_on(tailsift::admin::client::request(
-        admin,
-        method,
-        &path,
-        body.as_ref(),
-    )) {
+    let answer = match call_admin(admin, method, &path, body.as_ref(), token_file) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("error: {e}");
@@ -315,23 +424,14 @@ fn human_seconds(s: u64) -> String {
 }
 
 /// `tailsift cluster`: `GET /api/v1/cluster` of a running node, as a table.
-fn cluster(admin: &str, raw: bool) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let answer = match runtime.block_on(tailsift::admin::client::request(
+fn cluster(admin: &str, raw: bool, token_file: Option<&Path>) -> ExitCode {
+    let answer = match call_admin(
         admin,
         http::Method::GET,
         "/api/v1/cluster",
         None,
-    )) {
+        token_file,
+    ) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("error: {e}");
@@ -445,6 +545,16 @@ fn check(path: Option<&PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    for o in &config.from_env {
+        println!("from the environment: {} ({})", o.key, o.var);
+    }
+    if let Err(e) = tailsift::admin::auth::AdminToken::load(
+        &config.admin,
+        std::env::var(tailsift::admin::auth::TOKEN_ENV).ok(),
+    ) {
+        println!("{e}");
+        return ExitCode::FAILURE;
+    }
     match tailsift::reload::load_rules(&config.rules.file) {
         Ok((rules, source)) => {
             for w in rules.warnings() {
@@ -460,12 +570,29 @@ fn check(path: Option<&PathBuf>) -> ExitCode {
     }
 }
 
-fn init_logging() {
+/// Reports why `tailsift run` stops: `error: ...` on stderr, or a JSON log line with
+/// `--log-format json` so a log collector sees it like every other line.
+fn run_failed(format: LogFormat, why: &str) -> ExitCode {
+    match format {
+        LogFormat::Text => eprintln!("error: {why}"),
+        LogFormat::Json => tracing::error!("{why}"),
+    }
+    ExitCode::FAILURE
+}
+
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .with_ansi(false)
+            .event_format(tailsift::telemetry::JsonLines)
+            .init(),
+    }
 }

@@ -32,6 +32,10 @@ pub struct StatsArgs {
     /// only; on a node without `[cluster]` the same as its own counts).
     #[arg(long, conflicts_with = "tenant")]
     pub cluster: bool,
+    /// A file holding the admin token (else `TAILSIFT_ADMIN_TOKEN`), for nodes with
+    /// `admin.require_token_for_reads`.
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// Runs the command; prints to stdout, errors to stderr.
@@ -59,13 +63,25 @@ pub fn run(args: StatsArgs) -> ExitCode {
             if args.cluster { "&scope=cluster" } else { "" }
         ),
     };
-    let (status, body) = match runtime.block_on(get(&url)) {
+    let token = match tailsift::admin::client::cli_token(args.token_file.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let authorization = token.as_deref().map(tailsift::admin::client::bearer);
+    let (status, body) = match runtime.block_on(get(&url, authorization.as_deref())) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot reach the admin API at {url}: {e}");
             return ExitCode::FAILURE;
         }
     };
+    if status == 401 {
+        eprintln!("error: {}", crate::unauthorized_message(token.is_some()));
+        return ExitCode::FAILURE;
+    }
     let value: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
@@ -91,14 +107,21 @@ pub fn run(args: StatsArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn get(url: &str) -> Result<(u16, Bytes), String> {
+async fn get(url: &str, authorization: Option<&str>) -> Result<(u16, Bytes), String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
     if uri.scheme_str() != Some("http") {
         return Err("the admin URL must start with http://".into());
     }
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let mut req = http::Request::get(uri);
+    if let Some(value) = authorization {
+        req = req.header(http::header::AUTHORIZATION, value);
+    }
+    let req = req
+        .body(Empty::new())
+        .map_err(|e| format!("bad request: {e}"))?;
     let fetch = async {
-        let resp = client.get(uri).await.map_err(|e| e.to_string())?;
+        let resp = client.request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
         let body = resp
             .into_body()

@@ -1,6 +1,7 @@
 //! The operator's dashboard, as a person sees it: a real headless Chromium loads `GET /` from a
 //! proxy fed with traffic, runs the page's script, and the tenants and keep rates it shows
-//! must be the ones the API reports.
+//! must be the ones the API reports; with an admin token that reads need, the page opened as
+//! `/#token=...` still shows them.
 //!
 //! Needs Debian's `chromium` (scripts/test.sh installs it). Without it the test says so and
 //! passes, unless TAILSIFT_REQUIRE_CHROMIUM=1 (set by scripts/test.sh), where it fails.
@@ -35,6 +36,90 @@ fn pct(rate: &serde_json::Value) -> String {
         Some(r) => format!("{:.1}%", r * 100.0),
         None => "–".to_string(),
     }
+}
+
+/// Loads `url` in headless Chromium, runs its scripts for 6 s of virtual time, and returns the
+/// DOM and Chromium's stderr.
+async fn render(browser: &str, url: &str) -> (String, String) {
+    let profile = tempfile::tempdir().unwrap();
+    let out = tokio::task::spawn_blocking({
+        let browser = browser.to_string();
+        let profile = profile.path().to_path_buf();
+        let url = url.to_string();
+        move || {
+            Command::new(browser)
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--virtual-time-budget=6000",
+                    "--dump-dom",
+                ])
+                .arg(format!("--user-data-dir={}", profile.display()))
+                .arg(&url)
+                .output()
+        }
+    })
+    .await
+    .unwrap()
+    .expect("chromium runs");
+    (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_with_a_token_in_the_fragment_works_when_reads_need_the_token() {
+    let Some(browser) = chromium() else {
+        assert!(
+            std::env::var("TAILSIFT_REQUIRE_CHROMIUM").is_err(),
+            "chromium is required (apt-get install chromium) but missing"
+        );
+        eprintln!("SKIPPED: no chromium on this machine (scripts/test.sh installs it)");
+        return;
+    };
+    let backend = RecordingBackend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write_file(dir.path(), "rules.toml", RULES);
+    let token = write_file(dir.path(), "token", "dash-token-42\n");
+    let config = test_config(backend.grpc_addr(), &rules).replace(
+        "[admin]\n",
+        &format!(
+            "[admin]\ntoken_file = \"{}\"\nrequire_token_for_reads = true\n",
+            token.display()
+        ),
+    );
+    let proxy = TailsiftProcess::start(&config).await;
+    let rule_row = "<td class=\"text\">acme-all</td>";
+
+    let (dom, stderr) = render(browser, &format!("http://{}/", proxy.admin)).await;
+    let refused = regex::Regex::new(r#"<span id="error">\([^<]*needs a token"#).unwrap();
+    assert!(refused.is_match(&dom), "no token message:\n{dom}\n{stderr}");
+    assert!(
+        !dom.contains(rule_row),
+        "rules shown without a token:\n{dom}"
+    );
+    assert!(
+        !dom.contains("<form id=\"auth\" hidden"),
+        "the token form is shown"
+    );
+
+    let url = format!("http://{}/#token=dash-token-42", proxy.admin);
+    let (dom, stderr) = render(browser, &url).await;
+    assert!(
+        dom.contains(rule_row),
+        "rules not shown with the token:\n{dom}\n{stderr}"
+    );
+    assert!(
+        dom.contains("<span id=\"error\"></span>"),
+        "an error is shown:\n{dom}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,38 +176,10 @@ async fn dashboard_in_a_real_browser_shows_the_tenants_and_keep_rates_the_api_re
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
 
-    let profile = tempfile::tempdir().unwrap();
-    let url = format!("http://{}/", proxy.admin);
-    let out = tokio::task::spawn_blocking({
-        let browser = browser.to_string();
-        let profile = profile.path().to_path_buf();
-        move || {
-            Command::new(browser)
-                .args([
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-quic",
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--virtual-time-budget=6000",
-                    "--dump-dom",
-                ])
-                .arg(format!("--user-data-dir={}", profile.display()))
-                .arg(&url)
-                .output()
-        }
-    })
-    .await
-    .unwrap()
-    .expect("chromium runs");
-    let dom = String::from_utf8_lossy(&out.stdout).to_string();
+    let (dom, stderr) = render(browser, &format!("http://{}/", proxy.admin)).await;
     assert!(
         dom.contains("<table id=\"tenants\""),
-        "no dashboard in the DOM:\n{dom}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        "no dashboard in the DOM:\n{dom}\n{stderr}"
     );
 
     // Rows as the page rendered them: tenant, traces, kept, keep rate, ...

@@ -45,15 +45,20 @@ pub struct Answer {
     pub body: String,
 }
 
-/// Sends one request to `admin` (`http://127.0.0.1:8080`) + `path`, with an optional JSON body.
+/// Sends one request to `admin` (`http://127.0.0.1:8080`) + `path`, with an optional JSON body
+/// and an optional `Authorization` header value (`Bearer <token>`, see [`bearer`]).
 pub async fn request(
     admin: &str,
     method: Method,
     path: &str,
     json: Option<&serde_json::Value>,
+    authorization: Option<&str>,
 ) -> Result<Answer, ClientError> {
     let url = format!("{}{path}", admin.trim_end_matches('/'));
     let mut builder = Request::builder().method(method).uri(&url);
+    if let Some(value) = authorization {
+        builder = builder.header(http::header::AUTHORIZATION, value);
+    }
     let body = match json {
         Some(v) => {
             builder = builder.header(http::header::CONTENT_TYPE, "application/json");
@@ -86,6 +91,25 @@ pub async fn request(
         status,
         body: String::from_utf8_lossy(&bytes).into_owned(),
     })
+}
+
+/// The `Authorization` header value that carries `token`.
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// The token the CLI sends: the content of `token_file` when given, else
+/// `TAILSIFT_ADMIN_TOKEN`, else none.
+pub fn cli_token(
+    token_file: Option<&std::path::Path>,
+) -> Result<Option<String>, super::auth::TokenError> {
+    match token_file {
+        Some(path) => super::auth::read_file(path, "--token-file").map(Some),
+        None => Ok(std::env::var(super::auth::TOKEN_ENV)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())),
+    }
 }
 
 /// Percent-encodes everything but unreserved characters, for one URL path segment (a tenant id).

@@ -1,7 +1,9 @@
 //! The admin HTTP API: health, readiness, Prometheus metrics, the live and shadow rules, and
 //! runtime tenant tags. It reads the handles it is given and never reaches into a stage.
-//! `docs/admin-api.md` documents every endpoint; [`client`] is the CLI's side of it.
+//! `docs/admin-api.md` documents every endpoint; [`client`] is the CLI's side of it, and
+//! [`auth`] the bearer token that guards changes (and, when asked, reads).
 
+pub mod auth;
 pub mod client;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};

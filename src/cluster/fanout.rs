@@ -23,6 +23,7 @@ use tokio::sync::watch;
 
 use super::membership::MembershipHandle;
 use super::peer::{ForwardError, InfoResponse, PeerClient};
+use crate::admin::auth::AdminToken;
 use crate::admin::client::{self, Answer, ClientError};
 use crate::model::TraceId;
 use crate::tags::{TagTable, TenantTag};
@@ -111,16 +112,23 @@ pub struct Fanout {
     clients: Mutex<HashMap<String, PeerClient>>,
     /// The members' rules hashes as last compared.
     pub drift: RulesDrift,
+    /// This node's admin token, sent to the others (a cluster shares one token).
+    token: Arc<AdminToken>,
 }
 
 impl Fanout {
-    /// A fanout over the members `membership` lists, `timeout` per member.
-    pub fn new(membership: Arc<MembershipHandle>, timeout: Duration) -> Arc<Fanout> {
+    /// A fanout over the members `membership` lists, `timeout` per member, sending `token`.
+    pub fn new(
+        membership: Arc<MembershipHandle>,
+        timeout: Duration,
+        token: Arc<AdminToken>,
+    ) -> Arc<Fanout> {
         Arc::new(Fanout {
             membership,
             timeout,
             clients: Mutex::new(HashMap::new()),
             drift: RulesDrift::default(),
+            token,
         })
     }
 
@@ -188,7 +196,8 @@ impl Fanout {
             }
             admin = Some(info.admin.clone());
             let base = format!("http://{}", info.admin);
-            Ok(client::request(&base, method, path, body).await?)
+            let authorization = self.token.bearer();
+            Ok(client::request(&base, method, path, body, authorization.as_deref()).await?)
         };
         let result = match tokio::time::timeout(self.timeout, call).await {
             Ok(r) => r,

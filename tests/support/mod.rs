@@ -34,7 +34,8 @@ pub use client::{
     to_otlp_json, HttpEncoding, HttpReply,
 };
 pub use process::{
-    run_tailsift, tailsift_bin, test_config, write_file, TailsiftProcess, KEEP_ALL_RULES,
+    run_tailsift, run_tailsift_with_env, tailsift_bin, test_config, write_file, TailsiftProcess,
+    KEEP_ALL_RULES,
 };
 pub use traces::{
     attr, attr_i64, attr_str, hex, kv_i64, kv_str, make_request, make_trace, span_count,

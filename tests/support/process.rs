@@ -2,7 +2,8 @@
 //!
 //! The proxy is started as `tailsift run --config <file>` with every listener on `127.0.0.1:0`.
 //! Once bound it prints (possibly inside a `tracing` line with prefixes and ANSI colours) a line
-//! holding `grpc=<ip:port> http=<ip:port> admin=<ip:port>`; we parse that from stderr. Both
+//! holding `grpc=<ip:port> http=<ip:port> admin=<ip:port>` (with `--log-format json`, inside the
+//! line's `message`); we parse that from stderr. Both
 //! output pipes are drained by threads into buffers for the child's whole life, so it never
 //! blocks on a full pipe, and the captured log is printed if a test panics while it runs.
 
@@ -152,20 +153,32 @@ impl TailsiftProcess {
         let dir = tempfile::tempdir().expect("create tempdir for tailsift config");
         let rules_path = write_file(dir.path(), "rules.toml", rules);
         let config = tweak(test_config(backend_grpc, &rules_path));
-        Self::start_in(dir, &tailsift_bin(), &config, &[]).await
+        Self::start_in(dir, &tailsift_bin(), &config, &[], &[]).await
     }
 
     /// Like [`start`](Self::start) with an explicit binary and extra environment variables.
     /// `RUST_LOG` is inherited: it must leave `tailsift` at `info` or finer for the listener line.
     pub async fn start_with(bin: &Path, config: &str, env: &[(&str, &str)]) -> TailsiftProcess {
         let dir = tempfile::tempdir().expect("create tempdir for tailsift config");
-        Self::start_in(dir, bin, config, env).await
+        Self::start_in(dir, bin, config, &[], env).await
+    }
+
+    /// Like [`start_with`](Self::start_with) with extra `tailsift run` arguments (e.g.
+    /// `--log-format json`), in the tempdir `dir` (so a test can put files there first).
+    pub async fn start_in_dir(
+        dir: tempfile::TempDir,
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> TailsiftProcess {
+        Self::start_in(dir, &tailsift_bin(), config, args, env).await
     }
 
     async fn start_in(
         dir: tempfile::TempDir,
         bin: &Path,
         config: &str,
+        args: &[&str],
         env: &[(&str, &str)],
     ) -> TailsiftProcess {
         let config_path = write_file(dir.path(), "tailsift.toml", config);
@@ -173,6 +186,7 @@ impl TailsiftProcess {
         cmd.arg("run")
             .arg("--config")
             .arg(&config_path)
+            .args(args)
             .current_dir(dir.path())
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -421,9 +435,19 @@ pub struct CommandOutput {
 
 /// Runs `tailsift <args>` to completion (e.g. `["check", "--config", path]`); killed and panics after `timeout`.
 pub async fn run_tailsift(args: &[&str], timeout: Duration) -> CommandOutput {
+    run_tailsift_with_env(args, &[], timeout).await
+}
+
+/// Like [`run_tailsift`] with extra environment variables (e.g. `TAILSIFT_ADMIN_TOKEN`).
+pub async fn run_tailsift_with_env(
+    args: &[&str],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> CommandOutput {
     let bin = tailsift_bin();
     let mut child = tokio::process::Command::new(&bin)
         .args(args)
+        .envs(env.iter().copied())
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
