@@ -13,9 +13,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::admin::fanout::{Fanout, DRIFT_CHECK_EVERY, PEER_TIMEOUT};
 use crate::admin::{self, AdminState};
 use crate::buffer::{self, KeptSink, Limits};
-use crate::cluster::fanout::{Fanout, DRIFT_CHECK_EVERY, PEER_TIMEOUT};
 use crate::cluster::forward::{PeerIntakeCounters, SenderSettings};
 use crate::cluster::membership::MembershipHandle;
 use crate::cluster::peer::InfoResponse;
@@ -278,7 +278,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         })
     };
     let ready = Arc::new(AtomicBool::new(true));
-    let fanout = cluster.as_ref().map(|c| c.status.fanout.clone());
+    let fanout = cluster.as_ref().map(|c| c.fanout.clone());
     let admin_task = {
         let mut stop = stop_rx.clone();
         let app = admin::router(AdminState {
@@ -290,6 +290,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             ready: ready.clone(),
             max_memory: config.buffer.max_memory.0 as i64,
             cluster: cluster.as_ref().map(|c| c.status.clone()),
+            fanout: fanout.clone(),
             on_reload: reload_hook.clone(),
         })
         .merge(admin::tenants::router(admin::tenants::TenantApi {
@@ -418,6 +419,7 @@ struct ClusterParts {
     provider: Option<JoinHandle<()>>,
     reread_peers: Option<Arc<dyn Fn() + Send + Sync>>,
     membership: Arc<MembershipHandle>,
+    fanout: Arc<Fanout>,
 }
 
 /// Builds membership, the clustered router, the peer listener and the membership watcher.
@@ -474,7 +476,7 @@ async fn start_cluster(
         let rules = rules.clone();
         let membership = membership.clone();
         let me = me.clone();
-        let admin = crate::cluster::fanout::reachable_admin(admin_addr, &me).unwrap_or_else(|| {
+        let admin = crate::admin::fanout::reachable_admin(admin_addr, &me).unwrap_or_else(|| {
             tracing::warn!(admin = %admin_addr, advertise = %me, "the admin API listens on loopback only: the other members cannot reach it, so cluster-wide admin requests (scope=cluster, tag propagation) skip this node; set [admin] listen to an address they reach");
             String::new()
         });
@@ -663,7 +665,7 @@ async fn start_cluster(
         },
         intake,
         info,
-        fanout,
+        drift: fanout.drift.clone(),
     });
     Ok(ClusterParts {
         router,
@@ -675,6 +677,7 @@ async fn start_cluster(
         provider,
         reread_peers,
         membership,
+        fanout,
     })
 }
 

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod fanout;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -46,6 +47,8 @@ pub struct AdminState {
     pub max_memory: i64,
     /// The cluster this node is part of (`None`: a single node).
     pub cluster: Option<Arc<crate::cluster::status::ClusterStatus>>,
+    /// The other members' admin APIs, for cluster-scoped requests (`None`: a single node).
+    pub fanout: Option<Arc<fanout::Fanout>>,
     /// Also run on the rules reload API (re-reads static cluster peers).
     pub on_reload: Option<Arc<dyn Fn() + Send + Sync>>,
 }
@@ -259,7 +262,7 @@ async fn reload_here(s: &AdminState) -> (StatusCode, serde_json::Value) {
 /// again); one `nodes` entry per member, this node first.
 async fn propagate(
     s: &AdminState,
-    fanout: &crate::cluster::fanout::Fanout,
+    fanout: &fanout::Fanout,
     method: http::Method,
     tenant: &str,
     body: Option<&serde_json::Value>,
@@ -299,9 +302,9 @@ pub(crate) fn scope_param(q: &HashMap<String, String>, default: Scope) -> Result
 }
 
 /// The fanout, when the request is cluster-scoped and this node is part of a cluster.
-fn cluster_fanout(s: &AdminState, scope: Scope) -> Option<Arc<crate::cluster::fanout::Fanout>> {
+fn cluster_fanout(s: &AdminState, scope: Scope) -> Option<Arc<fanout::Fanout>> {
     match scope {
-        Scope::Cluster => s.cluster.as_ref().map(|c| c.fanout.clone()),
+        Scope::Cluster => s.fanout.clone(),
         Scope::Local => None,
     }
 }

@@ -22,8 +22,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use super::fanout::Fanout;
 use super::{scope_param, Scope};
-use crate::cluster::fanout::Fanout;
 use crate::model::{DropReason, TraceId, TraceState, TraceStatus};
 use crate::stats::tenant::{drop_reason, reason_index, unix_now, Counts, Window};
 use crate::stats::Stats;

@@ -2,7 +2,6 @@
 //! (rendezvous hashing), and the peer protocol that carries spans to their owner.
 
 pub mod dns;
-pub mod fanout;
 pub mod forward;
 pub mod membership;
 pub mod peer;

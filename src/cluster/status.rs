@@ -2,9 +2,10 @@
 //! members, this node's identity, provider health, the share of the hash space each member
 //! owns, forward queues per peer, and each member's own view (rules hash, members).
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -35,8 +36,8 @@ pub struct ClusterStatus {
     pub intake: Arc<PeerIntakeCounters>,
     /// How this node answers `Peer/Info`.
     pub info: Arc<dyn Fn() -> InfoResponse + Send + Sync>,
-    /// Asks the other members' admin APIs (cluster-scoped admin requests, rules drift).
-    pub fanout: Arc<super::fanout::Fanout>,
+    /// Whether the members run the same rules (compared by the admin fanout every second).
+    pub drift: Arc<RulesDrift>,
 }
 
 /// One member in the report.
@@ -240,7 +241,7 @@ impl ClusterStatus {
         let _ = write!(
             out,
             "# HELP tailsift_cluster_rules_drift 1 while the members that answer run rules with different hashes\n# TYPE tailsift_cluster_rules_drift gauge\ntailsift_cluster_rules_drift {}\n",
-            u8::from(self.fanout.drift.drifted()),
+            u8::from(self.drift.drifted()),
         );
         let queues = (self.queues)();
         let series: [Series; 8] = [
@@ -327,5 +328,65 @@ pub fn kind_name(kind: MembershipKind) -> &'static str {
         MembershipKind::Static => "static",
         MembershipKind::Dns => "dns",
         MembershipKind::Redis => "redis",
+    }
+}
+
+/// Whether the members run the same rules, as last compared.
+#[derive(Debug, Default)]
+pub struct RulesDrift {
+    drifted: AtomicBool,
+    last: Mutex<BTreeMap<String, String>>,
+}
+
+impl RulesDrift {
+    /// Records the rules hash each answering member reported (by advertise address); logs a
+    /// warning when the hashes differ and differ otherwise than last time. Returns whether
+    /// the members drift.
+    pub fn observe(&self, hashes: BTreeMap<String, String>) -> bool {
+        let mut distinct: Vec<&String> = hashes.values().collect();
+        distinct.sort();
+        distinct.dedup();
+        let drifted = distinct.len() > 1;
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if *last != hashes {
+            if drifted {
+                tracing::warn!(
+                    hashes = ?hashes,
+                    "cluster members run different rules; reload them with POST /api/v1/rules/reload?scope=cluster"
+                );
+            } else if self.drifted.load(Relaxed) {
+                tracing::info!(hash = ?distinct.first(), "cluster members run the same rules again");
+            }
+            *last = hashes;
+        }
+        self.drifted.store(drifted, Relaxed);
+        drifted
+    }
+
+    /// True while the members that answered report different rules hashes.
+    pub fn drifted(&self) -> bool {
+        self.drifted.load(Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hashes(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(a, h)| (a.to_string(), h.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn members_with_different_rules_hashes_drift_until_they_agree_again() {
+        let drift = RulesDrift::default();
+        assert!(!drift.observe(hashes(&[("a:1", "x"), ("b:1", "x")])));
+        assert!(drift.observe(hashes(&[("a:1", "x"), ("b:1", "y")])));
+        assert!(drift.drifted());
+        assert!(!drift.observe(hashes(&[("a:1", "y"), ("b:1", "y")])));
+        assert!(!drift.drifted());
     }
 }

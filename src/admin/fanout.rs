@@ -13,7 +13,6 @@
 //! rules hashes (a reload that reached only some of them, or different files).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -21,10 +20,11 @@ use http::Method;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use super::membership::MembershipHandle;
-use super::peer::{ForwardError, InfoResponse, PeerClient};
-use crate::admin::auth::AdminToken;
-use crate::admin::client::{self, Answer, ClientError};
+use super::auth::AdminToken;
+use super::client::{self, Answer, ClientError};
+use crate::cluster::membership::MembershipHandle;
+use crate::cluster::peer::{ForwardError, InfoResponse, PeerClient};
+use crate::cluster::status::RulesDrift;
 use crate::model::TraceId;
 use crate::tags::{TagTable, TenantTag};
 
@@ -110,8 +110,8 @@ pub struct Fanout {
     timeout: Duration,
     /// One lazily connecting peer client per member, reused across asks.
     clients: Mutex<HashMap<String, PeerClient>>,
-    /// The members' rules hashes as last compared.
-    pub drift: RulesDrift,
+    /// The members' rules hashes as last compared (shared with the cluster's status).
+    pub drift: Arc<RulesDrift>,
     /// This node's admin token, sent to the others (a cluster shares one token).
     token: Arc<AdminToken>,
 }
@@ -127,7 +127,7 @@ impl Fanout {
             membership,
             timeout,
             clients: Mutex::new(HashMap::new()),
-            drift: RulesDrift::default(),
+            drift: Arc::new(RulesDrift::default()),
             token,
         })
     }
@@ -302,44 +302,6 @@ fn listed_tag(v: &Value) -> Option<(String, TenantTag)> {
     Some((tenant, tag))
 }
 
-/// Whether the members run the same rules, as last compared.
-#[derive(Debug, Default)]
-pub struct RulesDrift {
-    drifted: AtomicBool,
-    last: Mutex<BTreeMap<String, String>>,
-}
-
-impl RulesDrift {
-    /// Records the rules hash each answering member reported (by advertise address); logs a
-    /// warning when the hashes differ and differ otherwise than last time. Returns whether
-    /// the members drift.
-    pub fn observe(&self, hashes: BTreeMap<String, String>) -> bool {
-        let mut distinct: Vec<&String> = hashes.values().collect();
-        distinct.sort();
-        distinct.dedup();
-        let drifted = distinct.len() > 1;
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if *last != hashes {
-            if drifted {
-                tracing::warn!(
-                    hashes = ?hashes,
-                    "cluster members run different rules; reload them with POST /api/v1/rules/reload?scope=cluster"
-                );
-            } else if self.drifted.load(Relaxed) {
-                tracing::info!(hash = ?distinct.first(), "cluster members run the same rules again");
-            }
-            *last = hashes;
-        }
-        self.drifted.store(drifted, Relaxed);
-        drifted
-    }
-
-    /// True while the members that answered report different rules hashes.
-    pub fn drifted(&self) -> bool {
-        self.drifted.load(Relaxed)
-    }
-}
-
 /// The admin address the other members can reach: `listen`, with an unspecified IP
 /// (0.0.0.0, ::) replaced by the host part of this node's advertise address. `None` when the
 /// admin API listens on loopback but the node advertises another host: the others would
@@ -367,23 +329,6 @@ pub fn reachable_admin(listen: std::net::SocketAddr, advertise: &str) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hashes(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(a, h)| (a.to_string(), h.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn members_with_different_rules_hashes_drift_until_they_agree_again() {
-        let drift = RulesDrift::default();
-        assert!(!drift.observe(hashes(&[("a:1", "x"), ("b:1", "x")])));
-        assert!(drift.observe(hashes(&[("a:1", "x"), ("b:1", "y")])));
-        assert!(drift.drifted());
-        assert!(!drift.observe(hashes(&[("a:1", "y"), ("b:1", "y")])));
-        assert!(!drift.drifted());
-    }
 
     #[test]
     fn an_unspecified_admin_ip_becomes_the_advertised_host() {
