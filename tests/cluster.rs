@@ -806,26 +806,7 @@ async fn scaling_out_two_to_four_and_back_in_under_load_tears_no_trace() {
     let live: Live = std::sync::Arc::new(std::sync::Mutex::new(
         nodes.iter().map(|n| n.grpc).collect(),
     ));
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let live = live.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut rng = Lcg(0x5CA1E);
-            let mut all = Sent::default();
-            let mut unacked = BTreeSet::new();
-            let mut round = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let (s, u) = send_spread_balanced(&live, 500 + round, 60, &mut rng).await;
-                all.spans.extend(s.spans);
-                all.must_keep.extend(s.must_keep);
-                all.rest.extend(s.rest);
-                unacked.extend(u);
-                round += 1;
-            }
-            (all, unacked)
-        })
-    };
+    let (stop, load) = start_load(&live, 51);
     let config = |i: usize| node_config(backend.grpc_addr(), &default_rules(), &section(i));
     // Scale out: 2 → 3 → 4, each joining under load.
     for i in 2..4 {
@@ -853,7 +834,8 @@ async fn scaling_out_two_to_four_and_back_in_under_load_tears_no_trace() {
     }
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (sent, unacked) = load.await.expect("load");
+    let (rounds, unacked) = load.await.expect("load");
+    let sent = merge(&rounds);
     assert!(
         unacked.is_empty(),
         "every request found a live node: {} traces unacknowledged",

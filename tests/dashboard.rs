@@ -220,37 +220,6 @@ async fn dashboard_in_a_real_browser_shows_the_tenants_and_keep_rates_the_api_re
     proxy.wait_exit(Duration::from_secs(20)).await;
 }
 
-/// The page as headless Chromium rendered it after running its script.
-async fn rendered(browser: &str, url: String) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let out = tokio::task::spawn_blocking({
-        let browser = browser.to_string();
-        let profile = profile.path().to_path_buf();
-        move || {
-            Command::new(browser)
-                .args([
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-quic",
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--virtual-time-budget=6000",
-                    "--dump-dom",
-                ])
-                .arg(format!("--user-data-dir={}", profile.display()))
-                .arg(&url)
-                .output()
-        }
-    })
-    .await
-    .unwrap()
-    .expect("chromium runs");
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_cluster_the_dashboard_shows_every_member_and_the_cluster_totals() {
     let Some(browser) = chromium() else {
@@ -304,7 +273,7 @@ async fn in_a_cluster_the_dashboard_shows_every_member_and_the_cluster_totals() 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let dom = rendered(browser, format!("http://{}/", nodes[0].admin)).await;
+    let (dom, _) = render(browser, &format!("http://{}/", nodes[0].admin)).await;
     assert!(
         dom.contains("<section id=\"cluster\">"),
         "cluster section hidden:\n{dom}"
