@@ -808,20 +808,21 @@ impl ExportConfig {
         }
     }
 
-    /// Which `tls_*` keys are set (for messages about keys that do not apply).
+    /// Which TLS keys are set, named as in the `[export.tls]` table (for messages about keys
+    /// that do not apply).
     fn tls_keys_set(&self) -> Vec<&'static str> {
         let mut keys = Vec::new();
         if self.tls_ca_file.is_some() {
-            keys.push("tls_ca_file");
+            keys.push("tls.ca_file");
         }
         if self.tls_cert_file.is_some() {
-            keys.push("tls_cert_file");
+            keys.push("tls.cert_file");
         }
         if self.tls_key_file.is_some() {
-            keys.push("tls_key_file");
+            keys.push("tls.key_file");
         }
         if self.tls_server_name.is_some() {
-            keys.push("tls_server_name");
+            keys.push("tls.server_name");
         }
         keys
     }
@@ -848,17 +849,17 @@ impl ExportConfig {
             }
             match (&self.tls_cert_file, &self.tls_key_file) {
                 (Some(_), None) => problems.push(
-                    "export.tls_cert_file needs export.tls_key_file (the client certificate's private key)".into(),
+                    "export.tls.cert_file needs export.tls.key_file (the client certificate's private key)".into(),
                 ),
                 (None, Some(_)) => problems.push(
-                    "export.tls_key_file needs export.tls_cert_file (the client certificate it belongs to)".into(),
+                    "export.tls.key_file needs export.tls.cert_file (the client certificate it belongs to)".into(),
                 ),
                 _ => {}
             }
             if let Some(name) = &self.tls_server_name {
                 if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
                     problems.push(format!(
-                        "export.tls_server_name {name:?} must be a DNS name or an IP address"
+                        "export.tls.server_name {name:?} must be a DNS name or an IP address"
                     ));
                 }
             }
@@ -904,7 +905,12 @@ impl ExportConfig {
         let Some(table) = self.tls_table.take() else {
             return;
         };
-        let flat = self.tls_keys_set();
+        // Before the merge only the flat spellings can be set: name them as written.
+        let flat: Vec<String> = self
+            .tls_keys_set()
+            .iter()
+            .map(|k| k.replace("tls.", "tls_"))
+            .collect();
         if !flat.is_empty() {
             problems.push(format!(
                 "[export.tls] and export.{} are both set: use only the [export.tls] table (ca_file, cert_file, key_file, server_name)",
@@ -1774,7 +1780,7 @@ listen = "127.0.0.1:8080"
         .unwrap_err()
         .to_string();
         assert!(
-            err.contains("tls_cert_file needs export.tls_key_file"),
+            err.contains("tls.cert_file needs export.tls.key_file"),
             "{err}"
         );
         let err = Config::parse(
@@ -1784,7 +1790,7 @@ listen = "127.0.0.1:8080"
         .unwrap_err()
         .to_string();
         assert!(
-            err.contains("export.tls_ca_file set") && err.contains("not https://"),
+            err.contains("export.tls.ca_file set") && err.contains("not https://"),
             "{err}"
         );
         let err = Config::parse(
@@ -1793,6 +1799,6 @@ listen = "127.0.0.1:8080"
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("tls_server_name"), "{err}");
+        assert!(err.contains("tls.server_name"), "{err}");
     }
 }

@@ -262,7 +262,7 @@ async fn check_names_a_missing_header_variable_an_unreadable_ca_file_and_a_misma
     )
     .await;
     assert!(!out.status.success(), "check must fail: {}", out.stdout);
-    assert!(out.stdout.contains("tls_ca_file"), "{}", out.stdout);
+    assert!(out.stdout.contains("export.tls.ca_file"), "{}", out.stdout);
     let ca = TestCa::new(&dir.path().join("pki"));
     let (alice, bob) = (ca.client_cert("alice"), ca.client_cert("bob"));
     let config = write_file(
@@ -283,7 +283,7 @@ async fn check_names_a_missing_header_variable_an_unreadable_ca_file_and_a_misma
     assert!(!out.status.success(), "check must fail: {}", out.stdout);
     assert!(
         out.stdout
-            .contains("is not the private key of export.tls_cert_file"),
+            .contains("is not the private key of export.tls.cert_file"),
         "{}",
         out.stdout
     );

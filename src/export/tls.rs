@@ -44,7 +44,7 @@ pub enum TlsError {
     #[error("export TLS settings: {0}")]
     Rustls(#[from] rustls::Error),
     /// `tls_server_name` is not a DNS name or IP address.
-    #[error("export.tls_server_name {0:?} must be a DNS name or an IP address")]
+    #[error("export.tls.server_name {0:?} must be a DNS name or an IP address")]
     ServerName(String),
 }
 
@@ -64,10 +64,10 @@ pub fn client_config(config: &ExportConfig) -> Result<ClientConfig, TlsError> {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
     if let Some(path) = &config.tls_ca_file {
-        let certs = read_certs("tls_ca_file", path)?;
+        let certs = read_certs("tls.ca_file", path)?;
         for cert in certs {
             roots.add(cert).map_err(|e| TlsError::Pem {
-                key: "tls_ca_file",
+                key: "tls.ca_file",
                 path: path.clone(),
                 problem: format!("not a usable CA certificate: {e}"),
             })?;
@@ -79,16 +79,16 @@ pub fn client_config(config: &ExportConfig) -> Result<ClientConfig, TlsError> {
         .with_root_certificates(roots);
     let tls = match (&config.tls_cert_file, &config.tls_key_file) {
         (Some(cert_path), Some(key_path)) => {
-            let chain = read_certs("tls_cert_file", cert_path)?;
+            let chain = read_certs("tls.cert_file", cert_path)?;
             let key = read_key(key_path)?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| match e {
                     rustls::Error::InconsistentKeys(_) => TlsError::Pem {
-                        key: "tls_key_file",
+                        key: "tls.key_file",
                         path: key_path.clone(),
                         problem: format!(
-                            "is not the private key of export.tls_cert_file {}",
+                            "is not the private key of export.tls.cert_file {}",
                             cert_path.display()
                         ),
                     },
@@ -153,9 +153,9 @@ fn read_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'stat
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = read_pem("tls_key_file", path)?;
+    let pem = read_pem("tls.key_file", path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError::Pem {
-        key: "tls_key_file",
+        key: "tls.key_file",
         path: path.to_path_buf(),
         problem: match e {
             rustls::pki_types::pem::Error::NoItemsFound => {
