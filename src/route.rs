@@ -421,15 +421,7 @@ impl Router {
 
     /// Remembers decisions a peer handed over, on the shards of their traces.
     pub async fn remember(&self, decisions: Vec<HandedDecision>) -> Result<(), RouteError> {
-        let n = self.inner.shards.len();
-        let mut parts: Vec<Vec<HandedDecision>> = (0..n).map(|_| Vec::new()).collect();
-        for d in decisions {
-            parts[self.shard_of(&d.trace_id)].push(d);
-        }
-        for (i, part) in parts.into_iter().enumerate() {
-            if part.is_empty() {
-                continue;
-            }
+        for (i, part) in self.decisions_by_shard(decisions) {
             let permit =
                 tokio::time::timeout(self.inner.queue_timeout, self.inner.shards[i].reserve())
                     .await
@@ -523,21 +515,29 @@ impl Router {
         }
     }
 
+    /// Like [`Router::remember`], waiting for room however long it takes (the decisions were
+    /// this node's own or are being re-routed: nobody is there to retry).
     async fn remember_waiting(&self, decisions: Vec<HandedDecision>) -> Result<(), RouteError> {
-        let n = self.inner.shards.len();
-        let mut parts: Vec<Vec<HandedDecision>> = (0..n).map(|_| Vec::new()).collect();
+        for (i, part) in self.decisions_by_shard(decisions) {
+            self.inner.shards[i]
+                .send(ShardMsg::Remember(part))
+                .await
+                .map_err(|_| RouteError::Closed)?;
+        }
+        Ok(())
+    }
+
+    /// `decisions` grouped by the shard of their trace id (non-empty groups only).
+    fn decisions_by_shard(
+        &self,
+        decisions: Vec<HandedDecision>,
+    ) -> impl Iterator<Item = (usize, Vec<HandedDecision>)> {
+        let mut parts: Vec<Vec<HandedDecision>> =
+            (0..self.inner.shards.len()).map(|_| Vec::new()).collect();
         for d in decisions {
             parts[self.shard_of(&d.trace_id)].push(d);
         }
-        for (i, part) in parts.into_iter().enumerate() {
-            if !part.is_empty() {
-                self.inner.shards[i]
-                    .send(ShardMsg::Remember(part))
-                    .await
-                    .map_err(|_| RouteError::Closed)?;
-            }
-        }
-        Ok(())
+        parts.into_iter().enumerate().filter(|(_, p)| !p.is_empty())
     }
 
     async fn send_local_waiting(&self, spans: Vec<SpanRecord>) {
