@@ -396,6 +396,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     "shutdown deadline passed; undelivered spans counted as dropped"
                 );
                 stats.drop_spans(DropReason::ShutdownDeadline, buffered + queued);
+                let metric_points = stats.metrics_queue_points.load(Relaxed).max(0) as u64;
+                if metric_points > 0 {
+                    tracing::error!(
+                        metric_points,
+                        "shutdown deadline passed; queued metric points counted as dropped"
+                    );
+                    stats.drop_metric_points(DropReason::ShutdownDeadline, metric_points);
+                }
             }
             let _ = admin_task.await;
         })

@@ -61,6 +61,8 @@ pub struct Stats {
     metric_points_dropped: [AtomicU64; DropReason::ALL.len()],
     /// Bytes of metrics requests waiting for export or in flight.
     pub metrics_queue_bytes: AtomicI64,
+    /// Metric data points waiting for export or in flight.
+    pub metrics_queue_points: AtomicI64,
     /// Per-tenant counts over sliding windows, and the decision-latency histogram.
     pub tenants: tenant::TenantTable,
     /// What the receive listeners' security settings did (truncation, keys, TLS, timeouts).

@@ -32,8 +32,11 @@ impl MetricsSink for MetricsQueue {
             self.stats.metrics_queue_bytes.fetch_sub(len, Relaxed);
             return Err(request);
         }
+        let points = request.points as i64;
+        self.stats.metrics_queue_points.fetch_add(points, Relaxed);
         self.tx.send(request).map_err(|refused| {
             self.stats.metrics_queue_bytes.fetch_sub(len, Relaxed);
+            self.stats.metrics_queue_points.fetch_sub(points, Relaxed);
             refused.0
         })
     }
@@ -102,6 +105,9 @@ pub async fn run(
                 stats.drop_metric_points(DropReason::ExportFailed, request.points);
             }
             stats.metrics_queue_bytes.fetch_sub(len, Relaxed);
+            stats
+                .metrics_queue_points
+                .fetch_sub(request.points as i64, Relaxed);
             drop(permit);
         });
         while tasks.try_join_next().is_some() {}
