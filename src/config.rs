@@ -1580,6 +1580,24 @@ listen = "127.0.0.1:8080"
     }
 
     #[test]
+    fn metrics_keys_have_documented_defaults_and_a_bad_metrics_endpoint_is_named() {
+        let c = Config::parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(c.export.metrics_queue_max_bytes.0, 16 << 20);
+        assert_eq!(c.export.metrics_endpoint, None);
+        assert_eq!(
+            c.export.metrics_path,
+            PathBuf::from("tailsift-metrics.jsonl")
+        );
+        let err = Config::parse(
+            "[export]\nkind = \"otlp_http\"\nendpoint = \"http://127.0.0.1:4318\"\nmetrics_endpoint = \"not a url\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("export.metrics_endpoint"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_errors_with_a_line_number() {
         let err = Config::parse(
             "[buffer]\nroot_grace = \"2s\"\nroot_grase = \"1s\"\n",

@@ -87,6 +87,15 @@ async fn send_metrics_grpc(
     addr: std::net::SocketAddr,
     req: ExportMetricsServiceRequest,
 ) -> Result<(), tonic::Status> {
+    send_metrics_grpc_with(addr, req, &[]).await
+}
+
+/// Like [`send_metrics_grpc`], with request metadata (e.g. an API key).
+async fn send_metrics_grpc_with(
+    addr: std::net::SocketAddr,
+    req: ExportMetricsServiceRequest,
+    metadata: &[(&'static str, &'static str)],
+) -> Result<(), tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("endpoint")
         .connect_timeout(Duration::from_secs(5))
@@ -97,7 +106,13 @@ async fn send_metrics_grpc(
     let mut client = MetricsServiceClient::new(channel)
         .send_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Gzip);
-    client.export(req).await.map(|_| ())
+    let mut request = tonic::Request::new(req);
+    for (k, v) in metadata {
+        request
+            .metadata_mut()
+            .insert(*k, tonic::metadata::MetadataValue::from_static(v));
+    }
+    client.export(request).await.map(|_| ())
 }
 
 /// POSTs `body` to the proxy's `/v1/metrics` with `content_type`.
@@ -316,6 +331,52 @@ async fn a_full_metrics_queue_refuses_with_retryable_codes_and_delivers_once_the
     assert_eq!(
         counter(&proxy, "tailsift_metric_points_received_total").await,
         6
+    );
+    stop(proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_a_known_api_key_when_auth_requires_one() {
+    let backend = RecordingBackend::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = write_file(dir.path(), "keys.toml", "[keys]\n\"key-for-a\" = \"a\"\n");
+    let proxy = TailsiftProcess::start_with_rules_and(backend.grpc_addr(), KEEP_ALL_RULES, |c| {
+        format!(
+            "{c}[auth]\nkeys_file = \"{}\"\nheader = \"x-api-key\"\nrequire_key = true\n",
+            keys.display()
+        )
+    })
+    .await;
+    let missing = send_metrics_grpc(proxy.grpc, metrics_request("no-key"))
+        .await
+        .expect_err("no key is refused");
+    assert_eq!(missing.code(), tonic::Code::Unauthenticated);
+    let reply = send_http_raw(
+        proxy.http,
+        "/v1/metrics",
+        &[
+            ("content-type", "application/x-protobuf"),
+            ("x-api-key", "guess"),
+        ],
+        Bytes::from(metrics_request("bad-key").encode_to_vec()),
+    )
+    .await;
+    assert_eq!(reply.status, 401);
+
+    let keyed = metrics_request("keyed");
+    send_metrics_grpc_with(proxy.grpc, keyed.clone(), &[("x-api-key", "key-for-a")])
+        .await
+        .expect("a known key is accepted");
+    let got = backend.wait_for_metrics(1, WAIT).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].request, keyed);
+    backend
+        .assert_span_count_stays(0, Duration::from_millis(200))
+        .await;
+    assert_eq!(
+        backend.metrics_requests().len(),
+        1,
+        "refused requests never arrive"
     );
     stop(proxy).await;
 }
