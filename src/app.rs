@@ -106,6 +106,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if let Some(spool) = &spool {
         stats.spooled_spans.store(spool.spans() as i64, Relaxed);
     }
+    let metrics_sink = Sink::build_for(&config.export, crate::otlp::Signal::Metrics)
+        .context("setting up the metrics exporter")?;
+    let (metrics_queue, metrics_rx) = export::metrics::queue(&config.export, stats.clone());
+    let (stop_metrics, metrics_stopped) = watch::channel(false);
+    let metrics_exporter = tokio::spawn(export::metrics::run(
+        metrics_rx,
+        metrics_sink,
+        config.export.clone(),
+        stats.clone(),
+        metrics_stopped,
+    ));
     let (intake, export_rx) =
         export::intake(&config.export, config.buffer.max_memory.0, stats.clone());
     let exporter = tokio::spawn(export::run(
@@ -228,7 +239,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             export_queue_max_bytes,
         )
         .with_api_keys(api_keys.clone())
-        .with_pass_through_headers(config.export.pass_through_headers.names()),
+        .with_pass_through_headers(config.export.pass_through_headers.names())
+        .with_metrics(Arc::new(metrics_queue)),
     );
     let grpc_listener = bind(config.receive.grpc_listen, "receive.grpc_listen").await?;
     let http_listener = bind(config.receive.http_listen, "receive.http_listen").await?;
@@ -239,6 +251,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let grpc = {
         let mut stop = stop_rx.clone();
         let svc = receive::grpc::TraceService::new(receiver.clone());
+        let metrics_svc = receive::grpc::MetricsService::new(receiver.clone());
         let server = tonic::transport::Server::builder()
             .concurrency_limit_per_connection(config.receive.max_concurrent_requests)
             .tcp_nodelay(true)
@@ -249,7 +262,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .initial_stream_window_size(Some(4 << 20))
             .initial_connection_window_size(Some(16 << 20))
             .max_frame_size(Some(1 << 20))
-            .add_service(svc);
+            .add_service(svc)
+            .add_service(metrics_svc);
         let incoming =
             receive::conn::Incoming::new(grpc_listener, conn_options.clone()).into_stream();
         tokio::spawn(async move {
@@ -340,6 +354,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             let drain = async {
                 let _ = grpc.await;
                 let _ = http.await;
+                // No listener can queue metrics any more: send what is queued, then stop.
+                let _ = stop_metrics.send(true);
                 if let Some(c) = &mut cluster {
                     c.peer_service.stop_accepting();
                     let _ = (&mut c.peer_server).await;
@@ -355,6 +371,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     c.router.join_senders().await;
                 }
                 let _ = exporter.await;
+                let _ = metrics_exporter.await;
             };
             if tokio::time::timeout(deadline, drain).await.is_err() {
                 let buffered = stats.buffered_spans.load(Relaxed).max(0) as u64;
@@ -379,6 +396,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     "shutdown deadline passed; undelivered spans counted as dropped"
                 );
                 stats.drop_spans(DropReason::ShutdownDeadline, buffered + queued);
+                let metric_points = stats.metrics_queue_points.load(Relaxed).max(0) as u64;
+                if metric_points > 0 {
+                    tracing::error!(
+                        metric_points,
+                        "shutdown deadline passed; queued metric points counted as dropped"
+                    );
+                    stats.drop_metric_points(DropReason::ShutdownDeadline, metric_points);
+                }
             }
             let _ = admin_task.await;
         })

@@ -775,6 +775,13 @@ pub struct ExportConfig {
     /// aliases); moved into them when the config is loaded.
     #[serde(rename = "tls")]
     pub tls_table: Option<ExportTlsConfig>,
+    /// Metrics requests waiting for export, in bytes; when full, receive refuses metrics with
+    /// the retryable codes (gRPC UNAVAILABLE, HTTP 503).
+    pub metrics_queue_max_bytes: ByteSize,
+    /// OTLP/HTTP URL metrics are sent to; unset: `endpoint` + `/v1/metrics`.
+    pub metrics_endpoint: Option<String>,
+    /// Output file of metrics for `kind = "file"` (OTLP/JSON lines).
+    pub metrics_path: PathBuf,
 }
 
 /// `[export.tls]`: how the exporters verify the backend and identify themselves to it.
@@ -865,6 +872,20 @@ impl ExportConfig {
             }
             self.headers.problems(problems);
         }
+        if let Some(url) = &self.metrics_endpoint {
+            match url.parse::<http::Uri>() {
+                Ok(uri)
+                    if (uri.scheme_str() == Some("http") || uri.scheme_str() == Some("https"))
+                        && uri.host().is_some() => {}
+                _ => problems.push(format!(
+                    "export.metrics_endpoint {url:?} must be a URL like \"http://127.0.0.1:4318/v1/metrics\""
+                )),
+            }
+        }
+        if self.metrics_queue_max_bytes.0 == 0 {
+            problems
+                .push("export.metrics_queue_max_bytes must be more than 0 (e.g. \"16MiB\")".into());
+        }
         self.pass_through_headers.problems(problems);
     }
 }
@@ -894,6 +915,9 @@ impl Default for ExportConfig {
             tls_key_file: None,
             tls_server_name: None,
             tls_table: None,
+            metrics_queue_max_bytes: ByteSize(16 << 20),
+            metrics_endpoint: None,
+            metrics_path: PathBuf::from("tailsift-metrics.jsonl"),
         }
     }
 }
@@ -1553,6 +1577,24 @@ listen = "127.0.0.1:8080"
         let c = Config::parse(text, Path::new("config.example.toml")).unwrap();
         assert_eq!(c.export.batch_max_spans, 8192);
         assert_eq!(c.shutdown.timeout.0, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn metrics_keys_have_documented_defaults_and_a_bad_metrics_endpoint_is_named() {
+        let c = Config::parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(c.export.metrics_queue_max_bytes.0, 16 << 20);
+        assert_eq!(c.export.metrics_endpoint, None);
+        assert_eq!(
+            c.export.metrics_path,
+            PathBuf::from("tailsift-metrics.jsonl")
+        );
+        let err = Config::parse(
+            "[export]\nkind = \"otlp_http\"\nendpoint = \"http://127.0.0.1:4318\"\nmetrics_endpoint = \"not a url\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("export.metrics_endpoint"), "{err}");
     }
 
     #[test]

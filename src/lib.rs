@@ -5,6 +5,8 @@
 //!  OTLP HTTP :4318 ─┴─> receive ─> route ─> buffer ─> decide ─> export ─> OTLP gRPC / HTTP / file
 //!                        (tenant)   (shard    (per-trace  (rules,   (batch, annotate,
 //!                                    by id)    timers)     th/rv)    retry, count)
+//!  OTLP metrics (same listeners) ─> receive ─> export::metrics (bounded queue, retry) ─> backend
+//!                                   (count points; bytes passed through unchanged)
 //!  admin HTTP :8080 (bearer token for changes, see admin::auth): /healthz /readyz /metrics /api/v1/rules[/reload|/shadow] /api/v1/tenant-tags
 //!                    /api/v1/samplers/{name}
 //!                    /api/v1/tenants[/{id}] /api/v1/traces/{id} /api/v1/history / (dashboard)
@@ -20,7 +22,7 @@
 //! - [`decide`] + [`consistent`]: rule verdicts turned into consistent keep/drop decisions.
 //! - [`rules`]: the rules language (a leaf: parses, validates, evaluates).
 //! - [`sample`]: dynamic samplers (EMA per key, throughput, tenant-fair), one set per shard.
-//! - [`export`]: batching, annotation, sinks, retries.
+//! - [`export`]: batching, annotation, sinks, retries; `export::metrics` passes metrics through.
 //! - [`stats`], [`admin`], [`reload`], [`config`]: counting, the admin API, live rules (and their
 //!   file watch), config.
 //! - [`tags`]: runtime tenant tags (keep all of a tenant's traces), persisted in a state file.

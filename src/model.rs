@@ -469,3 +469,22 @@ mod tests {
         assert_eq!(TraceId(b).randomness(), 1);
     }
 }
+
+/// One OTLP metrics export request on its way through the proxy: the bytes as received
+/// (protobuf; JSON converted once at the edge), never decoded again.
+#[derive(Clone, Debug)]
+pub struct MetricsRequest {
+    /// Encoded `ExportMetricsServiceRequest`.
+    pub body: bytes::Bytes,
+    /// Its data points, counted at receive.
+    pub points: u64,
+    /// The `[export] pass_through_headers` the request carried.
+    pub pass_through: PassThrough,
+}
+
+/// Where receive hands metrics requests: a bounded queue that refuses when full, so the
+/// client is told to retry instead of the proxy holding more.
+pub trait MetricsSink: Send + Sync {
+    /// Queues `request`; gives it back when the queue has no room (or is closed).
+    fn try_submit(&self, request: MetricsRequest) -> Result<(), MetricsRequest>;
+}

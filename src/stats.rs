@@ -53,6 +53,16 @@ pub struct Stats {
     pub handoff_spans: AtomicI64,
     /// Bytes of spans reserved or queued for forwarding to peers (cluster), inside the budget.
     pub forward_queue_bytes: AtomicI64,
+    /// Metric data points accepted (metrics pass through, never held).
+    pub metric_points_received: AtomicU64,
+    /// Metric data points delivered to the backend.
+    pub metric_points_exported: AtomicU64,
+    /// Metric data points not delivered, by reason.
+    metric_points_dropped: [AtomicU64; DropReason::ALL.len()],
+    /// Bytes of metrics requests waiting for export or in flight.
+    pub metrics_queue_bytes: AtomicI64,
+    /// Metric data points waiting for export or in flight.
+    pub metrics_queue_points: AtomicI64,
     /// Per-tenant counts over sliding windows, and the decision-latency histogram.
     pub tenants: tenant::TenantTable,
     /// What the receive listeners' security settings did (truncation, keys, TLS, timeouts).
@@ -103,6 +113,24 @@ impl Stats {
             .position(|r| *r == reason)
             .unwrap_or(0);
         self.dropped[i].fetch_add(spans, Relaxed);
+    }
+
+    /// Counts `points` metric data points not delivered for `reason`.
+    pub fn drop_metric_points(&self, reason: DropReason, points: u64) {
+        let i = DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.metric_points_dropped[i].fetch_add(points, Relaxed);
+    }
+
+    /// Metric data points dropped for `reason` so far.
+    pub fn metric_points_dropped(&self, reason: DropReason) -> u64 {
+        let i = DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.metric_points_dropped[i].load(Relaxed)
     }
 
     /// Spans dropped for `reason` so far.
@@ -244,6 +272,30 @@ impl Stats {
                 self.dropped(reason)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP tailsift_metric_points_received_total Metric data points accepted (passed through unchanged)\n# TYPE tailsift_metric_points_received_total counter\ntailsift_metric_points_received_total {}",
+            self.metric_points_received.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tailsift_metric_points_exported_total Metric data points delivered to the backend\n# TYPE tailsift_metric_points_exported_total counter\ntailsift_metric_points_exported_total {}",
+            self.metric_points_exported.load(Relaxed)
+        );
+        let _ = writeln!(out, "# HELP tailsift_metric_points_dropped_total Metric data points not delivered, by reason\n# TYPE tailsift_metric_points_dropped_total counter");
+        for reason in DropReason::ALL {
+            let _ = writeln!(
+                out,
+                "tailsift_metric_points_dropped_total{{reason=\"{}\"}} {}",
+                reason.as_str(),
+                self.metric_points_dropped(reason)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tailsift_metrics_queue_bytes Bytes of metrics requests waiting for export\n# TYPE tailsift_metrics_queue_bytes gauge\ntailsift_metrics_queue_bytes {}",
+            self.metrics_queue_bytes.load(Relaxed)
+        );
         let _ = writeln!(out, "# HELP tailsift_traces_decided_by_total Traces decided, by trigger\n# TYPE tailsift_traces_decided_by_total counter");
         for cause in CAUSES {
             let _ = writeln!(

@@ -2,6 +2,7 @@
 //! copied as they arrived, plus annotations) and sends them with retries. The queue is bounded
 //! in bytes; every span that is not delivered is counted with its reason.
 
+pub mod metrics;
 pub mod sink;
 pub mod spool;
 pub mod tls;

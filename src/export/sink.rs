@@ -23,7 +23,7 @@ use crate::config::{Compression, ExportConfig, ExportKind};
 use crate::model::PassThrough;
 use crate::otlp::codec::RawCodec;
 use crate::otlp::wire::{Reader, LEN, VARINT};
-use crate::otlp::{json, EXPORT_PATH};
+use crate::otlp::{json, metrics, Signal};
 
 /// A failed send.
 #[derive(Debug, thiserror::Error)]
@@ -82,11 +82,18 @@ pub enum SinkError {
 #[derive(Clone)]
 pub enum Sink {
     /// OTLP/JSON lines.
-    File(Arc<Mutex<std::io::BufWriter<std::fs::File>>>),
+    File {
+        /// The open output file.
+        writer: Arc<Mutex<std::io::BufWriter<std::fs::File>>>,
+        /// What the requests hold (how to write them as JSON).
+        signal: Signal,
+    },
     /// OTLP/gRPC.
     Grpc {
         /// gRPC client (compression set on it).
         grpc: tonic::client::Grpc<tonic::transport::Channel>,
+        /// The export method called (`TraceService/Export`, `MetricsService/Export`).
+        path: http::uri::PathAndQuery,
         /// Static metadata sent with every request.
         headers: HeaderMap,
     },
@@ -94,7 +101,7 @@ pub enum Sink {
     Http {
         /// HTTP client (TLS for `https://`).
         client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-        /// Full URL of the traces endpoint.
+        /// Full URL of the signal's endpoint.
         url: http::Uri,
         /// Timeout per request.
         timeout: Duration,
@@ -106,11 +113,21 @@ pub enum Sink {
 }
 
 impl Sink {
-    /// Builds the sink the config asks for.
+    /// Builds the trace sink the config asks for.
     pub fn build(config: &ExportConfig) -> Result<Sink, SinkError> {
+        Self::build_for(config, Signal::Traces)
+    }
+
+    /// Builds the sink of `signal`: the same exporter settings, the signal's file, gRPC method
+    /// or HTTP URL (`metrics_path`, `MetricsService/Export`, `metrics_endpoint` or
+    /// `endpoint` + `/v1/metrics`).
+    pub fn build_for(config: &ExportConfig, signal: Signal) -> Result<Sink, SinkError> {
         match config.kind {
             ExportKind::File => {
-                let path: &Path = &config.path;
+                let path: &Path = match signal {
+                    Signal::Traces => &config.path,
+                    Signal::Metrics => &config.metrics_path,
+                };
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|source| SinkError::File {
                         path: path.display().to_string(),
@@ -125,9 +142,10 @@ impl Sink {
                         path: path.display().to_string(),
                         source,
                     })?;
-                Ok(Sink::File(Arc::new(Mutex::new(std::io::BufWriter::new(
-                    file,
-                )))))
+                Ok(Sink::File {
+                    writer: Arc::new(Mutex::new(std::io::BufWriter::new(file))),
+                    signal,
+                })
             }
             ExportKind::OtlpGrpc => {
                 let headers = static_headers(config)?;
@@ -151,24 +169,33 @@ impl Sink {
                     Compression::Zstd => grpc = grpc.send_compressed(CompressionEncoding::Zstd),
                     Compression::None => {}
                 }
-                log_destination(config, headers.len());
-                Ok(Sink::Grpc { grpc, headers })
+                log_destination(config, &config.endpoint, signal, headers.len());
+                Ok(Sink::Grpc {
+                    grpc,
+                    path: http::uri::PathAndQuery::from_static(signal.grpc_path()),
+                    headers,
+                })
             }
             ExportKind::OtlpHttp => {
                 let base = config.endpoint.trim_end_matches('/');
-                let url = if base.ends_with("/v1/traces") {
-                    base.to_string()
-                } else {
-                    format!("{base}/v1/traces")
+                let url = match (signal, &config.metrics_endpoint) {
+                    (Signal::Metrics, Some(url)) => url.clone(),
+                    (Signal::Metrics, None) => {
+                        // An endpoint written with the traces path names the base it extends.
+                        let base = base.strip_suffix("/v1/traces").unwrap_or(base);
+                        format!("{base}/v1/metrics")
+                    }
+                    (Signal::Traces, _) if base.ends_with("/v1/traces") => base.to_string(),
+                    (Signal::Traces, _) => format!("{base}/v1/traces"),
                 };
-                let url: http::Uri = url
-                    .parse()
-                    .map_err(|_| SinkError::Endpoint(config.endpoint.clone()))?;
+                let parsed: http::Uri =
+                    url.parse().map_err(|_| SinkError::Endpoint(url.clone()))?;
+                let url = parsed;
                 let headers = static_headers(config)?;
                 let tls = tls::client_config(config)?;
                 let client = Client::builder(hyper_util::rt::TokioExecutor::new())
                     .build(tls::connector(config, tls, Alpn::Http1)?);
-                log_destination(config, headers.len());
+                log_destination(config, &url.to_string(), signal, headers.len());
                 Ok(Sink::Http {
                     client,
                     url,
@@ -185,18 +212,22 @@ impl Sink {
     /// client cannot replace the operator's credentials). The file sink ignores headers.
     pub async fn send(&self, body: Bytes, pass_through: &PassThrough) -> Result<(), SendError> {
         match self {
-            Sink::File(file) => {
-                let file = file.clone();
-                tokio::task::spawn_blocking(move || write_json_line(&file, &body))
+            Sink::File { writer, signal } => {
+                let (file, signal) = (writer.clone(), *signal);
+                tokio::task::spawn_blocking(move || write_json_line(&file, signal, &body))
                     .await
                     .map_err(|e| SendError::permanent(format!("file writer failed: {e}")))?
             }
-            Sink::Grpc { grpc, headers } => {
+            Sink::Grpc {
+                grpc,
+                path,
+                headers,
+            } => {
                 let mut grpc = grpc.clone();
                 grpc.ready().await.map_err(|e| {
                     SendError::retryable(format!("backend unreachable: {}", chain(&e)), None)
                 })?;
-                let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
+                let path = path.clone();
                 let request = tonic::Request::from_parts(
                     MetadataMap::from_headers(with_pass_through(headers, pass_through)),
                     tonic::Extensions::default(),
@@ -299,17 +330,18 @@ fn with_pass_through(static_headers: &HeaderMap, pass_through: &PassThrough) -> 
     map
 }
 
-/// Says where spans go and how, naming header names only (values are secrets).
-fn log_destination(config: &ExportConfig, headers: usize) {
+/// Says where a signal goes and how, naming header names only (values are secrets).
+fn log_destination(config: &ExportConfig, endpoint: &str, signal: Signal, headers: usize) {
     let names: Vec<&str> = config.headers.iter().map(|(name, _)| name).collect();
     tracing::info!(
-        endpoint = %config.endpoint,
+        endpoint = %endpoint,
+        signal = ?signal,
         kind = ?config.kind,
         tls = config.is_https(),
         compression = config.compression().name(),
         headers,
         header_names = ?names,
-        "exporting kept spans"
+        "exporting"
     );
 }
 
@@ -359,11 +391,15 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 fn write_json_line(
     file: &Mutex<std::io::BufWriter<std::fs::File>>,
+    signal: Signal,
     body: &[u8],
 ) -> Result<(), SendError> {
     let mut line = Vec::with_capacity(body.len() * 2);
-    json::protobuf_to_json_line(body, &mut line)
-        .map_err(|e| SendError::permanent(format!("cannot write JSON: {e}")))?;
+    match signal {
+        Signal::Traces => json::protobuf_to_json_line(body, &mut line),
+        Signal::Metrics => metrics::protobuf_to_json_line(body, &mut line),
+    }
+    .map_err(|e| SendError::permanent(format!("cannot write JSON: {e}")))?;
     let mut file = file
         .lock()
         .map_err(|_| SendError::permanent("export file lock poisoned".into()))?;

@@ -8,6 +8,7 @@ pub mod codec;
 pub mod encode;
 pub mod ingest;
 pub mod json;
+pub mod metrics;
 pub mod truncate;
 pub mod wire;
 
@@ -15,6 +16,37 @@ use wire::{Reader, WireError, FIXED64, LEN, VARINT};
 
 /// gRPC path of the OTLP trace export method.
 pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// gRPC path of the OTLP metrics export method.
+pub const METRICS_EXPORT_PATH: &str =
+    "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+
+/// An OTLP signal tailsift carries: traces (sampled) or metrics (passed through).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// `TraceService`, `/v1/traces`.
+    Traces,
+    /// `MetricsService`, `/v1/metrics`.
+    Metrics,
+}
+
+impl Signal {
+    /// The gRPC path of the signal's export method.
+    pub fn grpc_path(self) -> &'static str {
+        match self {
+            Signal::Traces => EXPORT_PATH,
+            Signal::Metrics => METRICS_EXPORT_PATH,
+        }
+    }
+
+    /// The OTLP/HTTP path of the signal (`/v1/traces`, `/v1/metrics`).
+    pub fn http_path(self) -> &'static str {
+        match self {
+            Signal::Traces => "/v1/traces",
+            Signal::Metrics => "/v1/metrics",
+        }
+    }
+}
 
 /// An attribute value as rules see it: scalar OTLP `AnyValue`s borrowed from the span bytes.
 #[derive(Clone, Copy, Debug, PartialEq)]

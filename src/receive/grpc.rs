@@ -1,5 +1,6 @@
-//! OTLP/gRPC: `TraceService/Export` served through tonic with a pass-through codec, so the
-//! request arrives as one `Bytes` buffer and is never decoded into structs.
+//! OTLP/gRPC: `TraceService/Export` and `MetricsService/Export` served through tonic with a
+//! pass-through codec, so the request arrives as one `Bytes` buffer and is never decoded into
+//! structs (metrics are decoded once only to count their points).
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -19,7 +20,7 @@ use crate::model::{PassThrough, TenantId};
 use crate::otlp::codec::RawCodec;
 use crate::otlp::json::export_response;
 use crate::otlp::wire::{put_bytes, put_key, put_varint, VARINT};
-use crate::otlp::EXPORT_PATH;
+use crate::otlp::Signal;
 
 type StdError = Box<dyn std::error::Error + Send + Sync + 'static>;
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
@@ -56,44 +57,94 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let receiver = self.receiver.clone();
-        Box::pin(async move {
-            if req.uri().path() != EXPORT_PATH {
-                return Ok(Status::unimplemented("only TraceService/Export is served").into_http());
-            }
-            // Keys are checked before any of the body is read.
-            let key_tenant = match receiver.authenticate(req.headers()) {
-                Ok(t) => t,
-                Err(err) => return Ok(status_for(&err).into_http()),
-            };
-            let pass_through = receiver.capture_pass_through(req.headers());
-            let limit = receiver.max_request_bytes;
-            let req = req.map(|body| LimitedBody::new(body, limit));
-            let mut grpc = tonic::server::Grpc::new(RawCodec)
-                .accept_compressed(CompressionEncoding::Gzip)
-                .accept_compressed(CompressionEncoding::Zstd)
-                .send_compressed(CompressionEncoding::Gzip)
-                // The body wrapper enforces the limit first with RESOURCE_EXHAUSTED; this is
-                // tonic's own backstop (and the limit for decompressed messages).
-                .max_decoding_message_size(limit.saturating_add(1));
-            Ok(grpc
-                .unary(
-                    ExportMethod {
-                        receiver,
-                        key_tenant,
-                        pass_through,
-                    },
-                    req,
-                )
-                .await)
-        })
+        Box::pin(serve_export(self.receiver.clone(), req, Signal::Traces))
     }
+}
+
+/// The gRPC `MetricsService` backed by a [`Receiver`]: requests pass through unchanged.
+#[derive(Clone)]
+pub struct MetricsService {
+    receiver: Arc<Receiver>,
+}
+
+impl MetricsService {
+    /// A service handing metrics requests to `receiver`.
+    pub fn new(receiver: Arc<Receiver>) -> Self {
+        MetricsService { receiver }
+    }
+}
+
+impl NamedService for MetricsService {
+    const NAME: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
+}
+
+impl<B> tower::Service<http::Request<B>> for MetricsService
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<TonicBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        Box::pin(serve_export(self.receiver.clone(), req, Signal::Metrics))
+    }
+}
+
+/// Serves one unary export call of `signal`: keys first, then the body under the size limit.
+async fn serve_export<B>(
+    receiver: Arc<Receiver>,
+    req: http::Request<B>,
+    signal: Signal,
+) -> Result<http::Response<TonicBody>, Infallible>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    let path = signal.grpc_path();
+    if req.uri().path() != path {
+        return Ok(Status::unimplemented(format!("only {path} is served")).into_http());
+    }
+    // Keys are checked before any of the body is read.
+    let key_tenant = match receiver.authenticate(req.headers()) {
+        Ok(t) => t,
+        Err(err) => return Ok(status_for(&err).into_http()),
+    };
+    let pass_through = receiver.capture_pass_through(req.headers());
+    let limit = receiver.max_request_bytes;
+    let req = req.map(|body| LimitedBody::new(body, limit));
+    let mut grpc = tonic::server::Grpc::new(RawCodec)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Gzip)
+        // The body wrapper enforces the limit first with RESOURCE_EXHAUSTED; this is
+        // tonic's own backstop (and the limit for decompressed messages).
+        .max_decoding_message_size(limit.saturating_add(1));
+    Ok(grpc
+        .unary(
+            ExportMethod {
+                receiver,
+                key_tenant,
+                pass_through,
+                signal,
+            },
+            req,
+        )
+        .await)
 }
 
 struct ExportMethod {
     receiver: Arc<Receiver>,
     key_tenant: Option<TenantId>,
     pass_through: PassThrough,
+    signal: Signal,
 }
 
 impl UnaryService<Bytes> for ExportMethod {
@@ -104,7 +155,16 @@ impl UnaryService<Bytes> for ExportMethod {
         let receiver = self.receiver.clone();
         let key_tenant = self.key_tenant.clone();
         let pass_through = self.pass_through.clone();
+        let signal = self.signal;
         Box::pin(async move {
+            if signal == Signal::Metrics {
+                return match receiver.accept_metrics(request.into_inner(), pass_through) {
+                    Ok(_) => Ok(tonic::Response::new(Bytes::from(
+                        crate::otlp::metrics::export_response().encode_to_vec(),
+                    ))),
+                    Err(err) => Err(status_for(&err)),
+                };
+            }
             let tenant = request
                 .metadata()
                 .get(receiver.tenant_header.as_str())

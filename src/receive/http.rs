@@ -1,4 +1,5 @@
-//! OTLP/HTTP: `POST /v1/traces` with protobuf or JSON bodies, optionally gzip- or zstd-compressed.
+//! OTLP/HTTP: `POST /v1/traces` and `POST /v1/metrics` with protobuf or JSON bodies, optionally
+//! gzip- or zstd-compressed.
 //! Answers in the request's encoding; errors carry a `google.rpc.Status`-shaped body.
 
 use std::io::Read;
@@ -18,6 +19,7 @@ use super::{ReceiveError, Receiver};
 use crate::model::TenantId;
 use crate::otlp::json::{export_response, json_to_protobuf};
 use crate::otlp::wire::{put_bytes, put_key, put_varint, VARINT};
+use crate::otlp::Signal;
 
 #[derive(Clone)]
 struct HttpState {
@@ -28,7 +30,8 @@ struct HttpState {
 /// The OTLP/HTTP router.
 pub fn router(receiver: Arc<Receiver>, max_concurrent_requests: usize) -> Router {
     Router::new()
-        .route("/v1/traces", post(export))
+        .route("/v1/traces", post(export_traces))
+        .route("/v1/metrics", post(export_metrics))
         .with_state(HttpState {
             receiver,
             concurrency: Arc::new(Semaphore::new(max_concurrent_requests)),
@@ -41,7 +44,20 @@ enum Encoding {
     Json,
 }
 
-async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+async fn export_traces(state: State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+    export(state, headers, body, Signal::Traces).await
+}
+
+async fn export_metrics(state: State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+    export(state, headers, body, Signal::Metrics).await
+}
+
+async fn export(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    body: Body,
+    signal: Signal,
+) -> Response {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -100,13 +116,36 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
         Ok(b) => b,
         Err(resp) => return refuse(receiver, encoding, resp.0, &resp.1),
     };
-    let body = match encoding {
-        Encoding::Protobuf => raw,
-        Encoding::Json => match json_to_protobuf(&raw) {
+    let body = match (encoding, signal) {
+        (Encoding::Protobuf, _) => raw,
+        (Encoding::Json, Signal::Traces) => match json_to_protobuf(&raw) {
+            Ok(b) => b,
+            Err(e) => return refuse(receiver, encoding, StatusCode::BAD_REQUEST, &e.to_string()),
+        },
+        (Encoding::Json, Signal::Metrics) => match crate::otlp::metrics::json_to_protobuf(&raw) {
             Ok(b) => b,
             Err(e) => return refuse(receiver, encoding, StatusCode::BAD_REQUEST, &e.to_string()),
         },
     };
+    if signal == Signal::Metrics {
+        let pass_through = receiver.capture_pass_through(&headers);
+        return match receiver.accept_metrics(body, pass_through) {
+            Ok(_) => {
+                let response = crate::otlp::metrics::export_response();
+                match encoding {
+                    Encoding::Protobuf => (
+                        [(header::CONTENT_TYPE, "application/x-protobuf")],
+                        response.encode_to_vec(),
+                    )
+                        .into_response(),
+                    Encoding::Json => {
+                        ([(header::CONTENT_TYPE, "application/json")], "{}").into_response()
+                    }
+                }
+            }
+            Err(err) => error(encoding, http_status(&err), &err.to_string()),
+        };
+    }
     let tenant = headers
         .get(receiver.tenant_header.as_str())
         .and_then(|v| v.to_str().ok())
@@ -136,15 +175,17 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
                     .into_response(),
             }
         }
-        Err(err) => {
-            let status = match err {
-                ReceiveError::Invalid(_) => StatusCode::BAD_REQUEST,
-                ReceiveError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-                ReceiveError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-                ReceiveError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            };
-            error(encoding, status, &err.to_string())
-        }
+        Err(err) => error(encoding, http_status(&err), &err.to_string()),
+    }
+}
+
+/// The HTTP status a refusal maps to (503 is retried by OTLP clients).
+fn http_status(err: &ReceiveError) -> StatusCode {
+    match err {
+        ReceiveError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ReceiveError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        ReceiveError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ReceiveError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
     }
 }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::model::{DropReason, PassThrough, TenantId};
+use crate::model::{DropReason, MetricsRequest, MetricsSink, PassThrough, TenantId};
 use crate::otlp::ingest::{ingest_request_with, IngestOptions};
 use crate::route::{RouteError, Router};
 use crate::stats::Stats;
@@ -64,6 +64,7 @@ pub struct Receiver {
     accepting: AtomicBool,
     api_keys: Option<Arc<auth::ApiKeys>>,
     pass_through_headers: Vec<::http::HeaderName>,
+    metrics: Option<Arc<dyn MetricsSink>>,
 }
 
 impl Receiver {
@@ -88,7 +89,15 @@ impl Receiver {
             accepting: AtomicBool::new(true),
             api_keys: None,
             pass_through_headers: Vec::new(),
+            metrics: None,
         }
+    }
+
+    /// Passes OTLP metrics requests to `sink` (without one, metrics requests are refused as
+    /// unavailable).
+    pub fn with_metrics(mut self, sink: Arc<dyn MetricsSink>) -> Self {
+        self.metrics = Some(sink);
+        self
     }
 
     /// Captures these request headers and sends them with the request's spans on export
@@ -157,6 +166,59 @@ impl Receiver {
     /// Stops accepting data (shutdown); later requests get a retryable refusal.
     pub fn stop_accepting(&self) {
         self.accepting.store(false, Relaxed);
+    }
+
+    /// Validates one encoded `ExportMetricsServiceRequest` (decoded only to count its data
+    /// points) and queues its bytes, unchanged, for export. A full queue is a retryable
+    /// refusal.
+    pub fn accept_metrics(
+        &self,
+        body: Bytes,
+        pass_through: PassThrough,
+    ) -> Result<u64, ReceiveError> {
+        self.stats.requests_received.fetch_add(1, Relaxed);
+        if !self.accepting.load(Relaxed) {
+            self.stats.requests_refused.fetch_add(1, Relaxed);
+            return Err(ReceiveError::Unavailable(
+                "the proxy is shutting down".into(),
+            ));
+        }
+        if body.len() > self.max_request_bytes {
+            self.stats.requests_invalid.fetch_add(1, Relaxed);
+            return Err(ReceiveError::TooLarge {
+                size: body.len(),
+                limit: self.max_request_bytes,
+            });
+        }
+        let points = crate::otlp::metrics::count_points(&body).map_err(|e| {
+            self.stats.requests_invalid.fetch_add(1, Relaxed);
+            ReceiveError::Invalid(format!("cannot decode ExportMetricsServiceRequest: {e}"))
+        })?;
+        let Some(sink) = &self.metrics else {
+            self.stats.requests_refused.fetch_add(1, Relaxed);
+            return Err(ReceiveError::Unavailable(
+                "metrics are not exported by this proxy".into(),
+            ));
+        };
+        let request = MetricsRequest {
+            body,
+            points,
+            pass_through,
+        };
+        match sink.try_submit(request) {
+            Ok(()) => {
+                self.stats.metric_points_received.fetch_add(points, Relaxed);
+                Ok(points)
+            }
+            Err(_) => {
+                // Refused, not dropped: the client retries on UNAVAILABLE / 503.
+                self.stats.requests_refused.fetch_add(1, Relaxed);
+                Err(ReceiveError::Unavailable(
+                    "the metrics export queue is full (the backend is slow or down); retry later"
+                        .into(),
+                ))
+            }
+        }
     }
 
     /// Reads one encoded `ExportTraceServiceRequest` and hands its valid spans on.

@@ -2,7 +2,8 @@
 //! and OTLP/HTTP `POST /v1/traces` (axum) on two ephemeral loopback ports.
 //!
 //! It records every accepted `ExportTraceServiceRequest` fully decoded, plus the raw protobuf
-//! bytes of its message, and can be scripted: fail the next N requests (gRPC code / HTTP status,
+//! bytes of its message (metrics too: gRPC `MetricsService/Export` and `POST /v1/metrics` are
+//! recorded apart, see [`RecordingBackend::metrics_requests`]), and can be scripted: fail the next N requests (gRPC code / HTTP status,
 //! optionally with RetryInfo / Retry-After), delay responses, or go down (listeners closed and
 //! open connections cut, so new connections are refused) and come back on the same ports.
 //!
@@ -30,6 +31,12 @@ use bytes::{Buf, Bytes};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -59,6 +66,19 @@ pub enum Transport {
     HttpProtobuf,
     /// OTLP/HTTP with a JSON body.
     HttpJson,
+}
+
+/// One accepted metrics export request (metrics are not scripted to fail).
+#[derive(Clone, Debug)]
+pub struct ReceivedMetrics {
+    /// Which endpoint and encoding it came in on.
+    pub transport: Transport,
+    /// HTTP headers (gRPC: the request metadata as headers).
+    pub headers: HeaderMap,
+    /// The decoded request.
+    pub request: ExportMetricsServiceRequest,
+    /// Protobuf bytes of the message, as for [`ReceivedRequest::raw`].
+    pub raw: Bytes,
 }
 
 /// One accepted export request.
@@ -198,6 +218,7 @@ impl RecordedSpan {
 #[derive(Default)]
 struct Shared {
     requests: Mutex<Vec<ReceivedRequest>>,
+    metrics: Mutex<Vec<ReceivedMetrics>>,
     failures: Mutex<VecDeque<Failure>>,
     delay: Mutex<Option<Duration>>,
     attempts: Mutex<usize>,
@@ -280,8 +301,15 @@ impl RecordingBackend {
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
         .max_decoding_message_size(MAX_BODY);
+        let metrics_svc = MetricsServiceServer::new(GrpcRecorder {
+            shared: self.shared.clone(),
+        })
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .max_decoding_message_size(MAX_BODY);
         let router = Router::new()
             .route("/v1/traces", post(http_export))
+            .route("/v1/metrics", post(http_metrics))
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(self.shared.clone());
         let mut tasks = self.tasks.lock().unwrap();
@@ -290,9 +318,19 @@ impl RecordingBackend {
             grpc,
             tls.clone(),
             shared.clone(),
-            move |req| {
-                let svc = grpc_svc.clone();
-                async move { grpc_with_raw_body(svc, req).await }
+            move |req: axum::http::Request<hyper::body::Incoming>| {
+                let is_metrics = req
+                    .uri()
+                    .path()
+                    .starts_with("/opentelemetry.proto.collector.metrics.v1.MetricsService/");
+                let (svc, metrics_svc) = (grpc_svc.clone(), metrics_svc.clone());
+                async move {
+                    if is_metrics {
+                        grpc_with_raw_body(metrics_svc, req).await
+                    } else {
+                        grpc_with_raw_body(svc, req).await
+                    }
+                }
             },
         )));
         tasks.push(tokio::spawn(accept_loop(
@@ -348,6 +386,23 @@ impl RecordingBackend {
     /// All accepted requests, in arrival order.
     pub fn requests(&self) -> Vec<ReceivedRequest> {
         self.shared.requests.lock().unwrap().clone()
+    }
+
+    /// All accepted metrics requests, in arrival order.
+    pub fn metrics_requests(&self) -> Vec<ReceivedMetrics> {
+        self.shared.metrics.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` metrics requests arrived (or `timeout` passed); returns them.
+    pub async fn wait_for_metrics(&self, n: usize, timeout: Duration) -> Vec<ReceivedMetrics> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let got = self.metrics_requests();
+            if got.len() >= n || tokio::time::Instant::now() >= deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Number of accepted requests.
@@ -637,10 +692,17 @@ struct RawHeaders(HeaderMap);
 
 /// Buffers a gRPC request body, extracts the message bytes of its (single) frame, gunzipping
 /// if the frame is compressed, then hands the unchanged body to the tonic service.
-async fn grpc_with_raw_body(
-    mut svc: TraceServiceServer<GrpcRecorder>,
+async fn grpc_with_raw_body<S>(
+    mut svc: S,
     req: axum::http::Request<hyper::body::Incoming>,
-) -> Result<axum::http::Response<tonic::body::Body>, Infallible> {
+) -> Result<axum::http::Response<tonic::body::Body>, Infallible>
+where
+    S: Service<
+        axum::http::Request<Full<Bytes>>,
+        Response = axum::http::Response<tonic::body::Body>,
+        Error = Infallible,
+    >,
+{
     let (mut parts, body) = req.into_parts();
     let body = match body.collect().await {
         Ok(c) => c.to_bytes(),
@@ -721,6 +783,102 @@ impl TraceService for GrpcRecorder {
             partial_success: None,
         }))
     }
+}
+
+#[tonic::async_trait]
+impl MetricsService for GrpcRecorder {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let raw = request
+            .extensions()
+            .get::<RawMessage>()
+            .map(|r| r.0.clone());
+        let headers = match request.extensions().get::<RawHeaders>() {
+            Some(raw) => raw.0.clone(),
+            None => request.metadata().clone().into_headers(),
+        };
+        let request = request.into_inner();
+        let raw = raw.unwrap_or_else(|| Bytes::from(request.encode_to_vec()));
+        self.shared.metrics.lock().unwrap().push(ReceivedMetrics {
+            transport: Transport::Grpc,
+            headers,
+            request,
+            raw,
+        });
+        Ok(tonic::Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// `POST /v1/metrics`: records the (decompressed) request; JSON is decoded and re-encoded.
+async fn http_metrics(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let body = match encoding.as_str() {
+        "gzip" => {
+            let mut out = Vec::new();
+            if flate2::read::GzDecoder::new(body.reader())
+                .read_to_end(&mut out)
+                .is_err()
+            {
+                return (StatusCode::BAD_REQUEST, "backend: bad gzip body").into_response();
+            }
+            Bytes::from(out)
+        }
+        "zstd" => match zstd::stream::decode_all(body.reader()) {
+            Ok(out) => Bytes::from(out),
+            Err(_) => return (StatusCode::BAD_REQUEST, "backend: bad zstd body").into_response(),
+        },
+        _ => body,
+    };
+    let decoded = if is_json {
+        serde_json::from_slice::<ExportMetricsServiceRequest>(&body)
+            .map(|r| (Transport::HttpJson, Bytes::from(r.encode_to_vec()), r))
+            .map_err(|e| e.to_string())
+    } else {
+        ExportMetricsServiceRequest::decode(body.clone())
+            .map(|r| (Transport::HttpProtobuf, body, r))
+            .map_err(|e| e.to_string())
+    };
+    let (transport, raw, request) = match decoded {
+        Ok(d) => d,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("backend: bad metrics: {e}"),
+            )
+                .into_response()
+        }
+    };
+    shared.metrics.lock().unwrap().push(ReceivedMetrics {
+        transport,
+        headers,
+        request,
+        raw,
+    });
+    let reply = ExportMetricsServiceResponse {
+        partial_success: None,
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/x-protobuf")],
+        reply.encode_to_vec(),
+    )
+        .into_response()
 }
 
 // google.rpc.Status / google.protobuf.Any / google.rpc.RetryInfo / google.protobuf.Duration,
