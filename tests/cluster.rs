@@ -166,6 +166,26 @@ fn assert_all_arrived_whole(
     }
 }
 
+/// Exactly the `expected` traces arrived, each whole (every span `sent` for it), each span once,
+/// with one decision.
+fn assert_exactly_expected_whole(
+    backend: &RecordingBackend,
+    expected: &BTreeSet<String>,
+    sent: BTreeMap<String, BTreeSet<String>>,
+) {
+    let by_trace = assert_once_with_one_decision(backend);
+    let got: BTreeSet<String> = by_trace.keys().cloned().collect();
+    assert_eq!(
+        &got, expected,
+        "exactly the must-keep and consistently sampled traces"
+    );
+    let whole: BTreeMap<String, BTreeSet<String>> = sent
+        .into_iter()
+        .filter(|(t, _)| expected.contains(t))
+        .collect();
+    assert_all_arrived_whole(&by_trace, &whole);
+}
+
 async fn stop_all(nodes: Vec<TailsiftProcess>) {
     for n in &nodes {
         n.sigterm();
@@ -713,18 +733,7 @@ async fn a_node_that_leaves_with_sigterm_under_load_hands_every_trace_to_the_oth
     };
     assert!(received > 0, "the leaver handed buffered traces over");
     stop_all(nodes).await;
-    let by_trace = assert_once_with_one_decision(&backend);
-    let got: BTreeSet<String> = by_trace.keys().cloned().collect();
-    assert_eq!(
-        got, expected,
-        "exactly the must-keep and consistently sampled traces"
-    );
-    let whole: BTreeMap<String, BTreeSet<String>> = sent
-        .spans
-        .into_iter()
-        .filter(|(t, _)| expected.contains(t))
-        .collect();
-    assert_all_arrived_whole(&by_trace, &whole);
+    assert_exactly_expected_whole(&backend, &expected, sent.spans);
 }
 
 /// The nodes clients can reach now, as a balancer sees them.
@@ -867,18 +876,7 @@ async fn scaling_out_two_to_four_and_back_in_under_load_tears_no_trace() {
         expected.len()
     );
     stop_all(nodes).await;
-    let by_trace = assert_once_with_one_decision(&backend);
-    let got: BTreeSet<String> = by_trace.keys().cloned().collect();
-    assert_eq!(
-        got, expected,
-        "exactly the must-keep and consistently sampled traces"
-    );
-    let whole: BTreeMap<String, BTreeSet<String>> = sent
-        .spans
-        .into_iter()
-        .filter(|(t, _)| expected.contains(t))
-        .collect();
-    assert_all_arrived_whole(&by_trace, &whole);
+    assert_exactly_expected_whole(&backend, &expected, sent.spans);
 }
 
 /// A running balanced load: set the flag to stop it; the task returns what was sent, round
@@ -985,18 +983,7 @@ async fn a_rolling_restart_of_every_node_under_load_tears_no_trace() {
         .assert_span_count_stays(expected.len() * 6, Duration::from_millis(1_500))
         .await;
     stop_all(nodes).await;
-    let by_trace = assert_once_with_one_decision(&backend);
-    let got: BTreeSet<String> = by_trace.keys().cloned().collect();
-    assert_eq!(
-        got, expected,
-        "exactly the must-keep and consistently sampled traces"
-    );
-    let whole: BTreeMap<String, BTreeSet<String>> = sent
-        .spans
-        .into_iter()
-        .filter(|(t, _)| expected.contains(t))
-        .collect();
-    assert_all_arrived_whole(&by_trace, &whole);
+    assert_exactly_expected_whole(&backend, &expected, sent.spans);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,25 +25,61 @@ use crate::otlp::Signal;
 type StdError = Box<dyn std::error::Error + Send + Sync + 'static>;
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
 
-/// The gRPC `TraceService` backed by a [`Receiver`].
-#[derive(Clone)]
-pub struct TraceService {
-    receiver: Arc<Receiver>,
+/// Which OTLP signal an [`ExportService`] serves: its gRPC service name and [`Signal`].
+pub trait ServedSignal: Clone + Send + Sync + 'static {
+    /// The gRPC service name.
+    const NAME: &'static str;
+    /// The signal its export method carries.
+    const SIGNAL: Signal;
 }
 
-impl TraceService {
+/// Traces: `TraceService/Export`, held and sampled.
+#[derive(Clone, Copy, Debug)]
+pub struct Traces;
+
+impl ServedSignal for Traces {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+    const SIGNAL: Signal = Signal::Traces;
+}
+
+/// Metrics: `MetricsService/Export`, passed through unchanged.
+#[derive(Clone, Copy, Debug)]
+pub struct Metrics;
+
+impl ServedSignal for Metrics {
+    const NAME: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
+    const SIGNAL: Signal = Signal::Metrics;
+}
+
+/// The gRPC export service of signal `S`, backed by a [`Receiver`].
+#[derive(Clone)]
+pub struct ExportService<S> {
+    receiver: Arc<Receiver>,
+    signal: std::marker::PhantomData<S>,
+}
+
+/// The gRPC `TraceService`.
+pub type TraceService = ExportService<Traces>;
+/// The gRPC `MetricsService`.
+pub type MetricsService = ExportService<Metrics>;
+
+impl<S: ServedSignal> ExportService<S> {
     /// A service handing requests to `receiver`.
     pub fn new(receiver: Arc<Receiver>) -> Self {
-        TraceService { receiver }
+        ExportService {
+            receiver,
+            signal: std::marker::PhantomData,
+        }
     }
 }
 
-impl NamedService for TraceService {
-    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+impl<S: ServedSignal> NamedService for ExportService<S> {
+    const NAME: &'static str = S::NAME;
 }
 
-impl<B> tower::Service<http::Request<B>> for TraceService
+impl<S, B> tower::Service<http::Request<B>> for ExportService<S>
 where
+    S: ServedSignal,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<StdError> + Send + 'static,
@@ -57,43 +93,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        Box::pin(serve_export(self.receiver.clone(), req, Signal::Traces))
-    }
-}
-
-/// The gRPC `MetricsService` backed by a [`Receiver`]: requests pass through unchanged.
-#[derive(Clone)]
-pub struct MetricsService {
-    receiver: Arc<Receiver>,
-}
-
-impl MetricsService {
-    /// A service handing metrics requests to `receiver`.
-    pub fn new(receiver: Arc<Receiver>) -> Self {
-        MetricsService { receiver }
-    }
-}
-
-impl NamedService for MetricsService {
-    const NAME: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
-}
-
-impl<B> tower::Service<http::Request<B>> for MetricsService
-where
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<StdError> + Send + 'static,
-{
-    type Response = http::Response<TonicBody>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        Box::pin(serve_export(self.receiver.clone(), req, Signal::Metrics))
+        Box::pin(serve_export(self.receiver.clone(), req, S::SIGNAL))
     }
 }
 
