@@ -119,6 +119,7 @@ fn traces(body: &Bytes) -> Vec<CompleteTrace> {
             trace_id,
             tenant: TenantId::new("initech"),
             spans,
+            logs: Vec::new(),
             cause: DecideCause::RootGrace,
         })
         .collect()

@@ -194,6 +194,12 @@ impl TraceView for TraceRef<'_> {
     fn duration_nanos(&self) -> u64 {
         self.duration
     }
+    fn log_count(&self) -> usize {
+        self.trace.logs.len()
+    }
+    fn log(&self, i: usize) -> Option<&SpanRecord> {
+        self.trace.logs.get(i)
+    }
 }
 
 fn value(v: AnyValue<'_>) -> Option<Value<'_>> {
@@ -209,6 +215,9 @@ fn value(v: AnyValue<'_>) -> Option<Value<'_>> {
 /// Rules read spans straight from their encoded bytes.
 impl SpanView for SpanRecord {
     fn name(&self) -> &str {
+        if self.index.is_log() {
+            return "";
+        }
         std::str::from_utf8(self.index.name.slice(&self.bytes)).unwrap_or("")
     }
     fn status(&self) -> SpanStatus {
@@ -236,8 +245,19 @@ impl SpanView for SpanRecord {
     fn is_root(&self) -> bool {
         self.index.is_root()
     }
+    fn severity_number(&self) -> u8 {
+        self.index.severity
+    }
+    fn body(&self) -> Option<&str> {
+        if !self.index.is_log() || self.index.name.len == 0 {
+            return None;
+        }
+        std::str::from_utf8(self.index.name.slice(&self.bytes)).ok()
+    }
     fn attribute(&self, key: &str) -> Option<Value<'_>> {
-        let on_span = find_attribute(&self.bytes, 9, key.as_bytes())
+        // Attributes are field 9 of a `Span` and field 6 of a `LogRecord`.
+        let field = if self.index.is_log() { 6 } else { 9 };
+        let on_span = find_attribute(&self.bytes, field, key.as_bytes())
             .ok()
             .flatten();
         let found = match on_span {
@@ -345,6 +365,7 @@ mod tests {
                 }),
                 index,
             }],
+            logs: Vec::new(),
             cause: DecideCause::Timeout,
         }
     }

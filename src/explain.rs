@@ -52,11 +52,16 @@ pub fn group(spans: Vec<SpanRecord>) -> Vec<CompleteTrace> {
                 trace_id: id,
                 tenant: span.origin.tenant.clone(),
                 spans: Vec::new(),
+                logs: Vec::new(),
                 cause: DecideCause::RootGrace,
             });
             traces.len() - 1
         });
-        traces[i].spans.push(span);
+        if span.index.is_log() {
+            traces[i].logs.push(span);
+        } else {
+            traces[i].spans.push(span);
+        }
     }
     traces
 }

@@ -256,9 +256,31 @@ impl Span32 {
     }
 }
 
+/// Which OTLP record a held record is: log records that carry a trace id travel with their
+/// trace's spans (same shard, same owner, same memory budget, same decision).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RecordKind {
+    /// An encoded `Span`.
+    #[default]
+    Span = 0,
+    /// An encoded `LogRecord`.
+    Log = 1,
+}
+
+/// Lowest OTLP `severity_number` of an ERROR log record (ERROR = 17..=20, FATAL = 21..=24).
+pub const SEVERITY_ERROR: u8 = 17;
+
 /// What is extracted from a span once, at ingest: exactly what buffering and deciding need.
+/// A log record uses the same index: `span_id` is the log's span id (may be zero),
+/// `start_unix_nanos` and `end_unix_nanos` both its time, `name` the range of its body when
+/// the body is a string, and `severity` its severity number.
 #[derive(Clone, Debug, Default)]
 pub struct SpanIndex {
+    /// Span or log record.
+    pub record: RecordKind,
+    /// OTLP `severity_number` of a log record (0 for spans and unspecified severity).
+    pub severity: u8,
     /// The trace the span belongs to.
     pub trace_id: TraceId,
     /// The span's own id.
@@ -285,9 +307,14 @@ pub struct SpanIndex {
 }
 
 impl SpanIndex {
-    /// A root span has no parent.
+    /// A root span has no parent (a log record is never a root).
     pub fn is_root(&self) -> bool {
-        self.parent_span_id == [0; 8]
+        self.record == RecordKind::Span && self.parent_span_id == [0; 8]
+    }
+
+    /// True for a log record.
+    pub fn is_log(&self) -> bool {
+        self.record == RecordKind::Log
     }
 }
 
@@ -354,8 +381,36 @@ pub struct CompleteTrace {
     pub tenant: TenantId,
     /// Every span held for the trace.
     pub spans: Vec<SpanRecord>,
+    /// Log records held with the trace (they follow its decision).
+    pub logs: Vec<SpanRecord>,
     /// Why it is being decided now.
     pub cause: DecideCause,
+}
+
+impl CompleteTrace {
+    /// A trace from everything held for it, spans and log records separated (a trace without
+    /// logs keeps its vector as it is).
+    pub fn new(
+        trace_id: TraceId,
+        tenant: TenantId,
+        mut records: Vec<SpanRecord>,
+        cause: DecideCause,
+    ) -> CompleteTrace {
+        let logs = if records.iter().any(|r| r.index.is_log()) {
+            let (logs, spans): (Vec<_>, Vec<_>) = records.drain(..).partition(|r| r.index.is_log());
+            records = spans;
+            logs
+        } else {
+            Vec::new()
+        };
+        CompleteTrace {
+            trace_id,
+            tenant,
+            spans: records,
+            logs,
+            cause,
+        }
+    }
 }
 
 /// The outcome of deciding one trace; late spans of the trace follow it.

@@ -22,6 +22,7 @@ pub fn exercise_request(body: bytes::Bytes) {
         trace_id: ingested.spans[0].index.trace_id,
         tenant: ingested.spans[0].origin.tenant.clone(),
         spans: ingested.spans,
+        logs: Vec::new(),
         cause: DecideCause::Timeout,
     };
     let rules = tailsift::rules::RuleSet::parse(
@@ -79,6 +80,7 @@ pub fn exercise_rules(rules: &tailsift::rules::RuleSet) {
         trace_id: ingested.spans[0].index.trace_id,
         tenant: TenantId::new("acme"),
         spans: ingested.spans,
+        logs: Vec::new(),
         cause: DecideCause::Timeout,
     };
     let _ = tailsift::decide::Decider::default().decide(&trace, rules);

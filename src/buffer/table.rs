@@ -509,12 +509,7 @@ impl Table {
             self.bytes -= entry.bytes;
             self.spans -= entry.spans.len();
             out.push(Ready::Trace {
-                trace: CompleteTrace {
-                    trace_id,
-                    tenant: entry.tenant,
-                    spans: entry.spans,
-                    cause,
-                },
+                trace: CompleteTrace::new(trace_id, entry.tenant, entry.spans, cause),
                 first_seen: entry.first_seen,
             });
         }

@@ -88,6 +88,14 @@ pub trait SpanView {
     fn is_root(&self) -> bool;
     /// Attribute looked up on the span, then on its resource (so `service.name` works).
     fn attribute(&self, key: &str) -> Option<Value<'_>>;
+    /// OTLP `severity_number` of a log record (1–24; 17 and above is ERROR); 0 for spans.
+    fn severity_number(&self) -> u8 {
+        0
+    }
+    /// The body of a log record when it is a string.
+    fn body(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// What the rule engine may ask of a whole buffered trace.
@@ -104,6 +112,15 @@ pub trait TraceView {
     fn root(&self) -> Option<&Self::Span>;
     /// Latest end minus earliest start over all spans, in nanoseconds.
     fn duration_nanos(&self) -> u64;
+    /// Log records held with the trace (they carry its trace id).
+    fn log_count(&self) -> usize {
+        0
+    }
+    /// The `i`-th log record, `i < log_count()`; log records answer [`SpanView`] with their
+    /// own attributes, `severity_number` and `body`.
+    fn log(&self, _i: usize) -> Option<&Self::Span> {
+        None
+    }
 }
 
 /// What a matching rule does with the trace.
