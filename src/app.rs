@@ -108,6 +108,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     let metrics_sink = Sink::build_for(&config.export, crate::otlp::Signal::Metrics)
         .context("setting up the metrics exporter")?;
+    let logs_sink = Sink::build_for(&config.export, crate::otlp::Signal::Logs)
+        .context("setting up the logs exporter")?;
     let (metrics_queue, metrics_rx) = export::metrics::queue(&config.export, stats.clone());
     let (stop_metrics, metrics_stopped) = watch::channel(false);
     let metrics_exporter = tokio::spawn(export::metrics::run(
@@ -121,7 +123,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         export::intake(&config.export, config.buffer.max_memory.0, stats.clone());
     let exporter = tokio::spawn(export::run(
         export_rx,
-        sink,
+        export::Sinks {
+            traces: sink,
+            logs: logs_sink,
+        },
         config.export.clone(),
         keys.clone(),
         spool,
@@ -142,7 +147,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         decision_cache: config.buffer.decision_cache_traces / shard_count,
     };
     let export_queue_max_bytes = intake.max_bytes();
-    let intake: Arc<dyn KeptSink> = Arc::new(intake);
+    let intake = Arc::new(intake);
+    // Receive queues logs without a trace straight into export through a weak handle, so
+    // the export queue still closes when the last shard has drained at shutdown.
+    let untraced_logs = Arc::new(export::UntracedIntake::new(&intake));
+    let intake: Arc<dyn KeptSink> = intake;
     let (stop_tx, stop_rx) = watch::channel(false);
     // Shutdown begins here; in a cluster the node leaves before `stop` reaches the stages.
     let (begin_tx, mut begin_rx) = watch::channel(false);
@@ -240,7 +249,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         )
         .with_api_keys(api_keys.clone())
         .with_pass_through_headers(config.export.pass_through_headers.names())
-        .with_metrics(Arc::new(metrics_queue)),
+        .with_metrics(Arc::new(metrics_queue))
+        .with_untraced_logs(untraced_logs, config.logs.untraced_sample_rate),
     );
     let grpc_listener = bind(config.receive.grpc_listen, "receive.grpc_listen").await?;
     let http_listener = bind(config.receive.http_listen, "receive.http_listen").await?;
@@ -252,6 +262,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let mut stop = stop_rx.clone();
         let svc = receive::grpc::TraceService::new(receiver.clone());
         let metrics_svc = receive::grpc::MetricsService::new(receiver.clone());
+        let logs_svc = receive::grpc::LogsService::new(receiver.clone());
         let server = tonic::transport::Server::builder()
             .concurrency_limit_per_connection(config.receive.max_concurrent_requests)
             .tcp_nodelay(true)
@@ -263,7 +274,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .initial_connection_window_size(Some(16 << 20))
             .max_frame_size(Some(1 << 20))
             .add_service(svc)
-            .add_service(metrics_svc);
+            .add_service(metrics_svc)
+            .add_service(logs_svc);
         let incoming =
             receive::conn::Incoming::new(grpc_listener, conn_options.clone()).into_stream();
         tokio::spawn(async move {

@@ -176,6 +176,8 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// API keys on the receive listeners; absent: no keys, anyone who reaches them may write.
     pub auth: Option<AuthConfig>,
+    /// OTLP logs that carry no trace id.
+    pub logs: LogsConfig,
     /// The file this configuration was read from (not a key: set by [`Config::load`]), so
     /// SIGHUP can re-read `[cluster] peers`.
     #[serde(skip)]
@@ -782,6 +784,10 @@ pub struct ExportConfig {
     pub metrics_endpoint: Option<String>,
     /// Output file of metrics for `kind = "file"` (OTLP/JSON lines).
     pub metrics_path: PathBuf,
+    /// OTLP/HTTP URL logs are sent to; unset: `endpoint` + `/v1/logs`.
+    pub logs_endpoint: Option<String>,
+    /// Output file of kept logs for `kind = "file"` (OTLP/JSON lines).
+    pub logs_path: PathBuf,
 }
 
 /// `[export.tls]`: how the exporters verify the backend and identify themselves to it.
@@ -872,13 +878,17 @@ impl ExportConfig {
             }
             self.headers.problems(problems);
         }
-        if let Some(url) = &self.metrics_endpoint {
+        for (key, url, example) in [
+            ("metrics_endpoint", &self.metrics_endpoint, "/v1/metrics"),
+            ("logs_endpoint", &self.logs_endpoint, "/v1/logs"),
+        ] {
+            let Some(url) = url else { continue };
             match url.parse::<http::Uri>() {
                 Ok(uri)
                     if (uri.scheme_str() == Some("http") || uri.scheme_str() == Some("https"))
                         && uri.host().is_some() => {}
                 _ => problems.push(format!(
-                    "export.metrics_endpoint {url:?} must be a URL like \"http://127.0.0.1:4318/v1/metrics\""
+                    "export.{key} {url:?} must be a URL like \"http://127.0.0.1:4318{example}\""
                 )),
             }
         }
@@ -918,6 +928,8 @@ impl Default for ExportConfig {
             metrics_queue_max_bytes: ByteSize(16 << 20),
             metrics_endpoint: None,
             metrics_path: PathBuf::from("tailsift-metrics.jsonl"),
+            logs_endpoint: None,
+            logs_path: PathBuf::from("tailsift-kept-logs.jsonl"),
         }
     }
 }
@@ -986,6 +998,24 @@ impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
             timeout: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// `[logs]`: what happens to OTLP log records that carry no trace id (records with one are
+/// held with their trace and follow its decision).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    /// Keep 1 in this many log records without a trace id, each exported with the
+    /// `SampleRate` attribute; 1 (the default) passes every one through unchanged.
+    pub untraced_sample_rate: u64,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        LogsConfig {
+            untraced_sample_rate: 1,
         }
     }
 }
@@ -1371,6 +1401,12 @@ impl Config {
         }
         if self.stats.max_tenants == 0 {
             problems.push("stats.max_tenants must be at least 1".into());
+        }
+        if self.logs.untraced_sample_rate == 0 {
+            problems.push(
+                "logs.untraced_sample_rate must be at least 1 (1 keeps every log record without a trace id)"
+                    .into(),
+            );
         }
         if let Some(cluster) = &self.cluster {
             cluster.problems(problems);

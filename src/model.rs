@@ -543,3 +543,20 @@ pub trait MetricsSink: Send + Sync {
     /// Queues `request`; gives it back when the queue has no room (or is closed).
     fn try_submit(&self, request: MetricsRequest) -> Result<(), MetricsRequest>;
 }
+
+/// Where receive hands log records that belong to no trace: straight to the export queue
+/// (never held), refusing when it has no room so the client is told to retry.
+pub trait UntracedSink: Send + Sync {
+    /// Queues `kept`; gives it back when the export queue has no room (or is closed).
+    fn try_submit(&self, kept: KeptSpans) -> Result<(), KeptSpans>;
+}
+
+/// Spans and log records in `records`, counted apart.
+pub fn count_kinds(records: &[SpanRecord]) -> (u64, u64) {
+    let logs = records.iter().filter(|r| r.index.is_log()).count() as u64;
+    (records.len() as u64 - logs, logs)
+}
+
+/// The rule name log records without a trace id follow; on export they carry no
+/// `tailsift.rule`, and `SampleRate` only when `[logs] untraced_sample_rate` is above 1.
+pub const UNTRACED_RULE: &str = "logs.untraced";

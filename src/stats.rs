@@ -63,6 +63,19 @@ pub struct Stats {
     pub metrics_queue_bytes: AtomicI64,
     /// Metric data points waiting for export or in flight.
     pub metrics_queue_points: AtomicI64,
+    /// Log records accepted: held with their trace, or passed through without one.
+    pub log_records_received: AtomicU64,
+    /// Log records without a trace id among those received.
+    pub log_records_untraced: AtomicU64,
+    /// Log records handed to export (of kept traces, late ones, and untraced ones sampled in).
+    pub log_records_kept: AtomicU64,
+    /// Log records delivered to the backend.
+    pub log_records_exported: AtomicU64,
+    /// Log records that arrived after their trace was decided.
+    pub log_records_late: AtomicU64,
+    /// Log records not delivered, by reason (`rule` / `sampled`: their trace was dropped, or
+    /// an untraced record was not sampled).
+    log_records_dropped: [AtomicU64; DropReason::ALL.len()],
     /// Per-tenant counts over sliding windows, and the decision-latency histogram.
     pub tenants: tenant::TenantTable,
     /// What the receive listeners' security settings did (truncation, keys, TLS, timeouts).
@@ -122,6 +135,34 @@ impl Stats {
             .position(|r| *r == reason)
             .unwrap_or(0);
         self.metric_points_dropped[i].fetch_add(points, Relaxed);
+    }
+
+    /// Counts `records` log records not delivered for `reason`.
+    pub fn drop_log_records(&self, reason: DropReason, records: u64) {
+        let i = DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.log_records_dropped[i].fetch_add(records, Relaxed);
+    }
+
+    /// Log records dropped for `reason` so far.
+    pub fn log_records_dropped(&self, reason: DropReason) -> u64 {
+        let i = DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.log_records_dropped[i].load(Relaxed)
+    }
+
+    /// Counts records not delivered for `reason`, spans and log records apart.
+    pub fn drop_records(&self, reason: DropReason, spans: u64, logs: u64) {
+        if spans > 0 {
+            self.drop_spans(reason, spans);
+        }
+        if logs > 0 {
+            self.drop_log_records(reason, logs);
+        }
     }
 
     /// Metric data points dropped for `reason` so far.
@@ -289,6 +330,47 @@ impl Stats {
                 "tailsift_metric_points_dropped_total{{reason=\"{}\"}} {}",
                 reason.as_str(),
                 self.metric_points_dropped(reason)
+            );
+        }
+        for (name, help, value) in [
+            (
+                "tailsift_log_records_received_total",
+                "Log records accepted (held with their trace, or passed through without one)",
+                self.log_records_received.load(Relaxed),
+            ),
+            (
+                "tailsift_log_records_untraced_total",
+                "Log records received without a trace id",
+                self.log_records_untraced.load(Relaxed),
+            ),
+            (
+                "tailsift_log_records_kept_total",
+                "Log records handed to export",
+                self.log_records_kept.load(Relaxed),
+            ),
+            (
+                "tailsift_log_records_exported_total",
+                "Log records delivered to the backend",
+                self.log_records_exported.load(Relaxed),
+            ),
+            (
+                "tailsift_log_records_late_total",
+                "Log records that arrived after their trace was decided",
+                self.log_records_late.load(Relaxed),
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
+        let _ = writeln!(out, "# HELP tailsift_log_records_dropped_total Log records not delivered, by reason\n# TYPE tailsift_log_records_dropped_total counter");
+        for reason in DropReason::ALL {
+            let _ = writeln!(
+                out,
+                "tailsift_log_records_dropped_total{{reason=\"{}\"}} {}",
+                reason.as_str(),
+                self.log_records_dropped(reason)
             );
         }
         let _ = writeln!(

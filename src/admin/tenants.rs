@@ -66,7 +66,7 @@ pub struct TenantApi {
 }
 
 /// Numeric fields of a tenant row that add up across nodes.
-const SUMMED: [&str; 10] = [
+const SUMMED: [&str; 15] = [
     "traces_received",
     "traces_decided",
     "traces_kept",
@@ -77,6 +77,11 @@ const SUMMED: [&str; 10] = [
     "spans_dropped",
     "spans_exported",
     "late_spans",
+    "logs_received",
+    "logs_kept",
+    "logs_exported",
+    "logs_dropped",
+    "metric_points_received",
 ];
 
 /// One node's totals over every tenant of its list (the summed fields), for the dashboard's
@@ -250,6 +255,11 @@ fn row(tenant: &str, c: &Counts) -> serde_json::Map<String, Value> {
         "spans_dropped": c.spans_dropped_total(),
         "spans_exported": c.spans_exported,
         "late_spans": c.late_spans,
+        "logs_received": c.logs_received,
+        "logs_kept": c.logs_kept,
+        "logs_exported": c.logs_exported,
+        "logs_dropped": c.logs_dropped,
+        "metric_points_received": c.metric_points_received,
         "trace_keep_rate": rate(c.trace_keep_rate()),
         "span_keep_rate": rate(c.span_keep_rate()),
         "top_rules": rules_json(c, TOP_RULES),

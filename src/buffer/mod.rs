@@ -260,7 +260,14 @@ fn count_received(tally: &mut TenantTally, batch: &[SpanRecord]) {
         {
             j += 1;
         }
-        tally.spans_received(&origin.tenant, (j - i) as u64);
+        let logs = batch[i..j].iter().filter(|r| r.index.is_log()).count() as u64;
+        let spans = (j - i) as u64 - logs;
+        if spans > 0 {
+            tally.spans_received(&origin.tenant, spans);
+        }
+        if logs > 0 {
+            tally.logs_received(&origin.tenant, logs);
+        }
         i = j;
     }
 }
@@ -321,20 +328,39 @@ fn settle(
                 stats.traces_decided.fetch_add(1, Relaxed);
                 stats.decided_by(trace.cause, 1);
                 let n = trace.spans.len() as u64;
+                let logs = trace.logs.len() as u64;
                 tally.decided(&trace.tenant, &decision, n, now - first_seen);
-                table.remember(trace.trace_id, decision.clone(), trace.tenant.clone(), n);
+                if logs > 0 {
+                    tally.logs_followed(&trace.tenant, &decision, logs);
+                }
+                table.remember(
+                    trace.trace_id,
+                    decision.clone(),
+                    trace.tenant.clone(),
+                    n + logs,
+                );
                 if decision.keep {
                     stats.traces_kept.fetch_add(1, Relaxed);
                 }
-                hand_on(outbox, stats, trace.tenant, decision, trace.spans);
+                let mut records = trace.spans;
+                records.extend(trace.logs);
+                hand_on(outbox, stats, trace.tenant, decision, records);
             }
             Ready::Late {
                 tenant,
                 decision,
                 spans,
             } => {
-                stats.late_spans.fetch_add(spans.len() as u64, Relaxed);
-                tally.late(&tenant, &decision, spans.len() as u64);
+                let logs = spans.iter().filter(|r| r.index.is_log()).count() as u64;
+                let n = spans.len() as u64 - logs;
+                if n > 0 {
+                    stats.late_spans.fetch_add(n, Relaxed);
+                    tally.late(&tenant, &decision, n);
+                }
+                if logs > 0 {
+                    stats.log_records_late.fetch_add(logs, Relaxed);
+                    tally.logs_followed(&tenant, &decision, logs);
+                }
                 hand_on(outbox, stats, tenant, decision, spans);
             }
         }
@@ -346,7 +372,7 @@ fn settle(
     }
 }
 
-/// Sends kept spans on to export, or counts dropped ones with their reason.
+/// Sends kept spans (and log records) on to export, or counts dropped ones with their reason.
 fn hand_on(
     outbox: &mut Vec<KeptSpans>,
     stats: &Stats,
@@ -354,18 +380,21 @@ fn hand_on(
     decision: crate::model::Decision,
     spans: Vec<SpanRecord>,
 ) {
-    let n = spans.len() as u64;
+    let total = spans.len() as u64;
+    let logs = spans.iter().filter(|r| r.index.is_log()).count() as u64;
+    let n = total - logs;
     if decision.keep {
         stats.spans_kept.fetch_add(n, Relaxed);
-        stats.handoff_spans.fetch_add(n as i64, Relaxed);
+        stats.log_records_kept.fetch_add(logs, Relaxed);
+        stats.handoff_spans.fetch_add(total as i64, Relaxed);
         outbox.push(KeptSpans {
             tenant,
             decision,
             spans,
         });
     } else if decision.sample_rate == 0 {
-        stats.drop_spans(DropReason::Rule, n);
+        stats.drop_records(DropReason::Rule, n, logs);
     } else {
-        stats.drop_spans(DropReason::Sampled, n);
+        stats.drop_records(DropReason::Sampled, n, logs);
     }
 }

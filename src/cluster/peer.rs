@@ -141,6 +141,9 @@ pub struct SpanGroup {
     /// The pass-through headers every span of the group came with (empty: none).
     #[prost(message, repeated, tag = "8")]
     pub pass_through: Vec<Header>,
+    /// Encoded `LogRecord`s of the group's traces (held with their trace at the owner).
+    #[prost(bytes = "bytes", repeated, tag = "9")]
+    pub logs: Vec<Bytes>,
 }
 
 /// `tailsift.peer.v1.Header`: one pass-through header (the value is a secret: never logged).
@@ -217,7 +220,16 @@ pub fn push_groups(groups: &mut Vec<SpanGroup>, spans: &[SpanRecord], handoff: O
             resource_schema_url: origin.resource_schema_url.clone(),
             scope: origin.scope.clone(),
             scope_schema_url: origin.scope_schema_url.clone(),
-            spans: spans[i..j].iter().map(|s| s.bytes.clone()).collect(),
+            spans: spans[i..j]
+                .iter()
+                .filter(|s| !s.index.is_log())
+                .map(|s| s.bytes.clone())
+                .collect(),
+            logs: spans[i..j]
+                .iter()
+                .filter(|s| s.index.is_log())
+                .map(|s| s.bytes.clone())
+                .collect(),
             handoff,
             pass_through: pass_through
                 .headers()
@@ -284,8 +296,26 @@ pub fn read_group(
         }
         PassThrough::new(headers)
     };
-    let mut spans = Vec::with_capacity(group.spans.len());
+    let mut spans = Vec::with_capacity(group.spans.len() + group.logs.len());
     let mut invalid = 0;
+    for bytes in group.logs {
+        match crate::otlp::logs::index_log(
+            &bytes,
+            reserved_attributes,
+            limits.max_attributes_per_span,
+        ) {
+            // A forwarded log record always belongs to a trace (untraced ones stay local).
+            Ok(mut index) if index.trace_id != crate::model::TraceId::default() => {
+                index.pass_through = pass_through.clone();
+                spans.push(SpanRecord {
+                    bytes,
+                    origin: origin.clone(),
+                    index,
+                })
+            }
+            _ => invalid += 1,
+        }
+    }
     for bytes in group.spans {
         match index_span(&bytes, reserved_attributes, limits) {
             Ok(mut index) => {

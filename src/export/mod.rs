@@ -19,7 +19,9 @@ use tokio::time::Instant;
 
 use crate::buffer::KeptSink;
 use crate::config::ExportConfig;
-use crate::model::{DropReason, KeptSpans, PassThrough, SpanRecord, TenantId};
+use crate::model::{
+    count_kinds, DropReason, KeptSpans, PassThrough, RecordKind, SpanRecord, TenantId, UntracedSink,
+};
 use crate::otlp::encode::{AnnotationKeys, BatchEncoder};
 use crate::stats::tenant::{unix_now, Counts};
 use crate::stats::Stats;
@@ -119,6 +121,59 @@ impl KeptSink for Intake {
     }
 }
 
+impl Intake {
+    /// Queues `kept` if the queue has room now; gives it back otherwise (never waits).
+    pub fn try_submit(&self, kept: KeptSpans) -> Result<(), KeptSpans> {
+        let bytes: u64 = kept.spans.iter().map(|s| s.accounted_bytes() as u64).sum();
+        let n = kept.spans.len() as i64;
+        let permits = bytes
+            .clamp(1, self.max_bytes.max(1))
+            .min(u64::from(u32::MAX)) as u32;
+        let Ok(room) = self.room.clone().try_acquire_many_owned(permits) else {
+            return Err(kept);
+        };
+        self.stats
+            .export_queue_bytes
+            .fetch_add(bytes as i64, Relaxed);
+        self.stats.export_queue_spans.fetch_add(n, Relaxed);
+        self.tx.send(Queued { kept, room }).map_err(|err| {
+            self.stats
+                .export_queue_bytes
+                .fetch_sub(bytes as i64, Relaxed);
+            self.stats.export_queue_spans.fetch_sub(n, Relaxed);
+            err.0.kept
+        })
+    }
+}
+
+/// Receive's way into the export queue for log records without a trace: a weak handle, so
+/// the queue closes (and export finishes) once the shards, its owners, have drained.
+pub struct UntracedIntake(std::sync::Weak<Intake>);
+
+impl UntracedIntake {
+    /// A handle on `intake`.
+    pub fn new(intake: &Arc<Intake>) -> Self {
+        UntracedIntake(Arc::downgrade(intake))
+    }
+}
+
+impl UntracedSink for UntracedIntake {
+    fn try_submit(&self, kept: KeptSpans) -> Result<(), KeptSpans> {
+        match self.0.upgrade() {
+            Some(intake) => intake.try_submit(kept),
+            None => Err(kept),
+        }
+    }
+}
+
+/// Where export requests go, per signal.
+pub struct Sinks {
+    /// Spans of kept traces.
+    pub traces: Sink,
+    /// Log records of kept traces, late ones and those without a trace.
+    pub logs: Sink,
+}
+
 /// Creates the intake and the receiving end for [`run`].
 pub fn intake(
     config: &ExportConfig,
@@ -154,7 +209,7 @@ struct Retry {
 /// bounded through long outages) and a replay task sends spooled batches oldest first.
 pub async fn run(
     mut rx: mpsc::UnboundedReceiver<Queued>,
-    sink: Sink,
+    sinks: Sinks,
     config: ExportConfig,
     annotation_keys: AnnotationKeys,
     spool: Option<Arc<Spool>>,
@@ -168,10 +223,11 @@ pub async fn run(
         max_elapsed: config.retry_max_elapsed.0,
     };
     let (stop_replay, replay_stopped) = tokio::sync::watch::channel(false);
+    let sinks = Arc::new(sinks);
     let replay = spool.clone().map(|spool| {
         tokio::spawn(replay(
             spool,
-            sink.clone(),
+            sinks.traces.clone(),
             retry.clone(),
             stats.clone(),
             replay_stopped,
@@ -210,12 +266,11 @@ pub async fn run(
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break;
         };
-        let mut tenants = spans_per_tenant(&batch);
         let batch = std::mem::take(&mut batch);
         let rooms = std::mem::take(&mut rooms);
-        let spans = std::mem::take(&mut batch_spans) as u64;
-        let (sink, stats, retry, keys, spool) = (
-            sink.clone(),
+        let records = std::mem::take(&mut batch_spans) as i64;
+        let (sinks, stats, retry, keys, spool) = (
+            sinks.clone(),
             stats.clone(),
             retry.clone(),
             annotation_keys.clone(),
@@ -228,42 +283,53 @@ pub async fn run(
                 .flat_map(|k| k.spans.iter())
                 .map(|s| s.accounted_bytes() as i64)
                 .sum();
-            // One request per distinct set of pass-through headers; without the option
-            // there is exactly one part, the batch as it is.
-            let parts = if split_by_headers {
-                split_by_pass_through(batch)
-            } else {
-                vec![(PassThrough::NONE, batch)]
-            };
-            let single = parts.len() == 1;
-            for (pass_through, part) in parts {
-                let (part_spans, part_bytes, part_tenants) = if single {
-                    (spans, bytes as usize, std::mem::take(&mut tenants))
+            let (span_batch, log_batch) = split_by_kind(batch);
+            for (kind, batch) in [(RecordKind::Span, span_batch), (RecordKind::Log, log_batch)] {
+                if batch.is_empty() {
+                    continue;
+                }
+                // One request per distinct set of pass-through headers; without the option
+                // there is exactly one part, the batch as it is.
+                let parts = if split_by_headers {
+                    split_by_pass_through(batch)
                 } else {
-                    let all = || part.iter().flat_map(|k| k.spans.iter());
-                    (
-                        all().count() as u64,
-                        all().map(SpanRecord::accounted_bytes).sum(),
-                        spans_per_tenant(&part),
-                    )
+                    vec![(PassThrough::NONE, batch)]
                 };
-                let mut body = Vec::with_capacity(part_bytes + 1024);
-                BatchEncoder::new(keys.clone()).encode(&part, &mut body);
-                drop(part);
-                let outcome = send_with_retry(
-                    &sink,
-                    Bytes::from(body),
-                    &pass_through,
-                    part_spans,
-                    &retry,
-                    spool.as_deref(),
-                    &stats,
-                )
-                .await;
-                count_outcome(&stats, &outcome, part_spans, part_tenants);
+                for (pass_through, part) in parts {
+                    let all = || part.iter().flat_map(|k| k.spans.iter());
+                    let part_records = all().count() as u64;
+                    let part_bytes: usize = all().map(SpanRecord::accounted_bytes).sum();
+                    let part_tenants = spans_per_tenant(&part);
+                    let mut body = Vec::with_capacity(part_bytes + 1024);
+                    let mut encoder = BatchEncoder::new(keys.clone());
+                    let (sink, spool) = match kind {
+                        RecordKind::Span => {
+                            encoder.encode(&part, &mut body);
+                            (&sinks.traces, spool.as_deref())
+                        }
+                        // The spool replays trace requests only: log requests are retried
+                        // in memory.
+                        RecordKind::Log => {
+                            encoder.encode_logs(&part, &mut body);
+                            (&sinks.logs, None)
+                        }
+                    };
+                    drop(part);
+                    let outcome = send_with_retry(
+                        sink,
+                        Bytes::from(body),
+                        &pass_through,
+                        part_records,
+                        &retry,
+                        spool,
+                        &stats,
+                    )
+                    .await;
+                    count_outcome(&stats, kind, &outcome, part_records, part_tenants);
+                }
             }
             stats.export_queue_bytes.fetch_sub(bytes, Relaxed);
-            stats.export_queue_spans.fetch_sub(spans as i64, Relaxed);
+            stats.export_queue_spans.fetch_sub(records, Relaxed);
             // The batch's room in the queue frees only now: delivered, spooled or counted.
             drop(rooms);
             drop(permit);
@@ -277,8 +343,78 @@ pub async fn run(
     }
 }
 
-/// Counts what became of one export request's spans, in total and per tenant.
-fn count_outcome(stats: &Stats, outcome: &Outcome, spans: u64, tenants: Vec<(TenantId, u64)>) {
+/// Splits a batch into its spans and its log records (a batch without logs moves as it is).
+fn split_by_kind(batch: Vec<KeptSpans>) -> (Vec<KeptSpans>, Vec<KeptSpans>) {
+    if !batch
+        .iter()
+        .any(|k| k.spans.iter().any(|r| r.index.is_log()))
+    {
+        return (batch, Vec::new());
+    }
+    let mut spans = Vec::with_capacity(batch.len());
+    let mut logs = Vec::new();
+    for kept in batch {
+        let (n, l) = count_kinds(&kept.spans);
+        if l == 0 {
+            spans.push(kept);
+        } else if n == 0 {
+            logs.push(kept);
+        } else {
+            let KeptSpans {
+                tenant,
+                decision,
+                spans: records,
+            } = kept;
+            let (log_records, span_records): (Vec<_>, Vec<_>) =
+                records.into_iter().partition(|r| r.index.is_log());
+            spans.push(KeptSpans {
+                tenant: tenant.clone(),
+                decision: decision.clone(),
+                spans: span_records,
+            });
+            logs.push(KeptSpans {
+                tenant,
+                decision,
+                spans: log_records,
+            });
+        }
+    }
+    (spans, logs)
+}
+
+/// Counts what became of one export request's records (spans or log records), in total and
+/// per tenant.
+fn count_outcome(
+    stats: &Stats,
+    kind: RecordKind,
+    outcome: &Outcome,
+    spans: u64,
+    tenants: Vec<(TenantId, u64)>,
+) {
+    if kind == RecordKind::Log {
+        match outcome {
+            Outcome::Delivered => {
+                stats.log_records_exported.fetch_add(spans, Relaxed);
+            }
+            Outcome::Spooled => {}
+            Outcome::Failed => stats.drop_log_records(DropReason::ExportFailed, spans),
+        }
+        let counts: Vec<(TenantId, Counts)> = tenants
+            .into_iter()
+            .map(|(tenant, n)| {
+                let mut c = Counts::default();
+                match outcome {
+                    Outcome::Failed => c.logs_dropped = n,
+                    _ => c.logs_exported = n,
+                }
+                (tenant, c)
+            })
+            .collect();
+        stats
+            .tenants
+            .add_all(unix_now(), counts.iter().map(|(t, c)| (t, c)));
+        return;
+    }
     match outcome {
         Outcome::Delivered => {
             stats.spans_exported.fetch_add(spans, Relaxed);

@@ -23,7 +23,7 @@ use crate::config::{Compression, ExportConfig, ExportKind};
 use crate::model::PassThrough;
 use crate::otlp::codec::RawCodec;
 use crate::otlp::wire::{Reader, LEN, VARINT};
-use crate::otlp::{json, metrics, Signal};
+use crate::otlp::{json, logs, metrics, Signal};
 
 /// A failed send.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +127,7 @@ impl Sink {
                 let path: &Path = match signal {
                     Signal::Traces => &config.path,
                     Signal::Metrics => &config.metrics_path,
+                    Signal::Logs => &config.logs_path,
                 };
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|source| SinkError::File {
@@ -178,12 +179,17 @@ impl Sink {
             }
             ExportKind::OtlpHttp => {
                 let base = config.endpoint.trim_end_matches('/');
-                let url = match (signal, &config.metrics_endpoint) {
-                    (Signal::Metrics, Some(url)) => url.clone(),
-                    (Signal::Metrics, None) => {
+                let own = match signal {
+                    Signal::Traces => None,
+                    Signal::Metrics => config.metrics_endpoint.as_ref(),
+                    Signal::Logs => config.logs_endpoint.as_ref(),
+                };
+                let url = match (signal, own) {
+                    (Signal::Metrics | Signal::Logs, Some(url)) => url.clone(),
+                    (Signal::Metrics | Signal::Logs, None) => {
                         // An endpoint written with the traces path names the base it extends.
                         let base = base.strip_suffix("/v1/traces").unwrap_or(base);
-                        format!("{base}/v1/metrics")
+                        format!("{base}{}", signal.http_path())
                     }
                     (Signal::Traces, _) if base.ends_with("/v1/traces") => base.to_string(),
                     (Signal::Traces, _) => format!("{base}/v1/traces"),
@@ -398,6 +404,7 @@ fn write_json_line(
     match signal {
         Signal::Traces => json::protobuf_to_json_line(body, &mut line),
         Signal::Metrics => metrics::protobuf_to_json_line(body, &mut line),
+        Signal::Logs => logs::protobuf_to_json_line(body, &mut line),
     }
     .map_err(|e| SendError::permanent(format!("cannot write JSON: {e}")))?;
     let mut file = file

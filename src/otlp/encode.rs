@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::wire::{len_field_len, put_bytes, put_key, put_varint, varint_len, Reader, LEN};
 use crate::consistent::{encode_threshold, write_tracestate};
-use crate::model::{Decision, KeptSpans, Origin, SpanRecord};
+use crate::model::{Decision, KeptSpans, Origin, RecordKind, SpanRecord, UNTRACED_RULE};
 
 /// Attribute keys written on every exported span.
 #[derive(Clone, Debug)]
@@ -56,6 +56,17 @@ impl BatchEncoder {
 
     /// Appends one encoded `ExportTraceServiceRequest` holding every span of `batch` to `out`.
     pub fn encode(&mut self, batch: &[KeptSpans], out: &mut Vec<u8>) {
+        self.encode_kind(batch, out, RecordKind::Span);
+    }
+
+    /// Appends one encoded `ExportLogsServiceRequest` holding every log record of `batch` to
+    /// `out` (same shape as traces: `ResourceLogs` / `ScopeLogs` share the field numbers),
+    /// each annotated with the sample rate and rule of the decision it followed.
+    pub fn encode_logs(&mut self, batch: &[KeptSpans], out: &mut Vec<u8>) {
+        self.encode_kind(batch, out, RecordKind::Log);
+    }
+
+    fn encode_kind(&mut self, batch: &[KeptSpans], out: &mut Vec<u8>, kind: RecordKind) {
         self.groups.clear();
         self.by_hash.clear();
         self.by_ptr.clear();
@@ -63,6 +74,9 @@ impl BatchEncoder {
         for (entry_idx, entry) in batch.iter().enumerate() {
             let mut last: Option<(*const Origin, usize)> = None;
             for (span_idx, span) in entry.spans.iter().enumerate() {
+                if span.index.record != kind {
+                    continue;
+                }
                 let ptr = Arc::as_ptr(&span.origin);
                 let group = match last {
                     Some((p, g)) if p == ptr => g,
@@ -72,8 +86,16 @@ impl BatchEncoder {
                         g
                     }
                 };
-                let ts = self.merged_tracestate(span, &entry.decision);
-                let len = annotated_len(span, &entry.decision, &self.keys, ts.1 as usize);
+                let (ts, len) = match kind {
+                    RecordKind::Span => {
+                        let ts = self.merged_tracestate(span, &entry.decision);
+                        let len = annotated_len(span, &entry.decision, &self.keys, ts.1 as usize);
+                        (ts, len)
+                    }
+                    RecordKind::Log => {
+                        ((0, 0), log_annotated_len(span, &entry.decision, &self.keys))
+                    }
+                };
                 self.groups[group]
                     .spans
                     .push((entry_idx as u32, span_idx as u32, len as u32, ts));
@@ -109,8 +131,14 @@ impl BatchEncoder {
                 put_key(out, 2, LEN);
                 put_varint(out, u64::from(len));
                 let start = out.len();
-                let merged = &self.merged_tracestates[ts.0 as usize..(ts.0 + ts.1) as usize];
-                write_annotated(span, &entry.decision, &self.keys, merged, out);
+                match kind {
+                    RecordKind::Span => {
+                        let merged =
+                            &self.merged_tracestates[ts.0 as usize..(ts.0 + ts.1) as usize];
+                        write_annotated(span, &entry.decision, &self.keys, merged, out);
+                    }
+                    RecordKind::Log => write_log_annotated(span, &entry.decision, &self.keys, out),
+                }
                 debug_assert_eq!(out.len() - start, len as usize);
             }
             if !origin.scope_schema_url.is_empty() {
@@ -232,9 +260,10 @@ fn for_each_kept_field(span: &SpanRecord, keys: &AnnotationKeys, mut keep: impl 
             }
             None
         };
-        let drop = match (field, value) {
-            (3, Some(_)) => true,
-            (9, Some(r)) => {
+        let drop = match (span.index.record, field, value) {
+            (RecordKind::Span, 3, Some(_)) => true,
+            (RecordKind::Span, 9, Some(r))
+            | (RecordKind::Log, super::logs::ATTRIBUTES_FIELD, Some(r)) => {
                 let key = super::find_key(&bytes[r]);
                 key == keys.sample_rate.as_bytes() || key == keys.rule.as_bytes()
             }
@@ -274,30 +303,82 @@ fn write_annotated(
     } else {
         put_bytes(out, 3, merged_tracestate);
     }
-    // attributes = 9: KeyValue { key = 1, value = 2: AnyValue { int_value = 3 } }
-    let rate = decision.sample_rate as i64;
-    let any_len = 1 + varint_len(rate as u64);
-    put_key(out, 9, LEN);
+    // attributes = 9
+    put_int_attribute(out, 9, &keys.sample_rate, decision.sample_rate as i64);
+    put_str_attribute(out, 9, &keys.rule, &decision.rule);
+}
+
+/// The annotations a log record gets: `(sample rate, rule)`, each only when written. Log
+/// records without a trace pass through unchanged unless they were sampled.
+fn log_annotations<'d>(decision: &'d Decision) -> (Option<i64>, Option<&'d str>) {
+    if &*decision.rule == UNTRACED_RULE {
+        (
+            (decision.sample_rate > 1).then_some(decision.sample_rate as i64),
+            None,
+        )
+    } else {
+        (Some(decision.sample_rate as i64), Some(&decision.rule))
+    }
+}
+
+fn log_annotated_len(record: &SpanRecord, decision: &Decision, keys: &AnnotationKeys) -> usize {
+    let body = if record.index.has_reserved_attribute {
+        filtered_len(record, keys)
+    } else {
+        record.bytes.len()
+    };
+    let (rate, rule) = log_annotations(decision);
+    body + rate.map_or(0, |r| int_attribute_len(&keys.sample_rate, r))
+        + rule.map_or(0, |r| str_attribute_len(&keys.rule, r))
+}
+
+fn write_log_annotated(
+    record: &SpanRecord,
+    decision: &Decision,
+    keys: &AnnotationKeys,
+    out: &mut Vec<u8>,
+) {
+    if record.index.has_reserved_attribute {
+        for_each_kept_field(record, keys, |f| out.extend_from_slice(f));
+    } else {
+        out.extend_from_slice(&record.bytes);
+    }
+    let (rate, rule) = log_annotations(decision);
+    if let Some(rate) = rate {
+        put_int_attribute(out, super::logs::ATTRIBUTES_FIELD, &keys.sample_rate, rate);
+    }
+    if let Some(rule) = rule {
+        put_str_attribute(out, super::logs::ATTRIBUTES_FIELD, &keys.rule, rule);
+    }
+}
+
+/// Writes `KeyValue { key, value: AnyValue { int_value } }` as field `field`.
+fn put_int_attribute(out: &mut Vec<u8>, field: u32, key: &str, value: i64) {
+    let any_len = 1 + varint_len(value as u64);
+    put_key(out, field, LEN);
     put_varint(
         out,
-        (len_field_len(keys.sample_rate.len()) + len_field_len(any_len)) as u64,
+        (len_field_len(key.len()) + len_field_len(any_len)) as u64,
     );
-    put_bytes(out, 1, keys.sample_rate.as_bytes());
+    put_bytes(out, 1, key.as_bytes());
     put_key(out, 2, LEN);
     put_varint(out, any_len as u64);
     put_key(out, 3, super::wire::VARINT);
-    put_varint(out, rate as u64);
-    // KeyValue { key = 1, value = 2: AnyValue { string_value = 1 } }
-    let rule = decision.rule.as_bytes();
-    put_key(out, 9, LEN);
+    put_varint(out, value as u64);
+}
+
+/// Writes `KeyValue { key, value: AnyValue { string_value } }` as field `field`.
+fn put_str_attribute(out: &mut Vec<u8>, field: u32, key: &str, value: &str) {
+    let value = value.as_bytes();
+    put_key(out, field, LEN);
     put_varint(
         out,
-        (len_field_len(keys.rule.len()) + len_field_len(len_field_len(rule.len()))) as u64,
+        (len_field_len(key.len()) + len_field_len(len_field_len(value.len()))) as u64,
     );
-    put_bytes(out, 1, keys.rule.as_bytes());
+    put_bytes(out, 1, key.as_bytes());
     put_key(out, 2, LEN);
-    put_varint(out, len_field_len(rule.len()) as u64);
-    put_bytes(out, 1, rule);
+    put_varint(out, len_field_len(value.len()) as u64);
+    put_bytes(out, 1, value);
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::wire::{Reader, WireError, FIXED64, LEN, VARINT};
 use super::AnyValue;
 use crate::model::{
-    Origin, PassThrough, Span32, SpanIndex, SpanRecord, StatusCode, TenantId, TraceId,
+    Origin, PassThrough, RecordKind, Span32, SpanIndex, SpanRecord, StatusCode, TenantId, TraceId,
 };
 
 /// What ingest needs to know from the configuration.
@@ -122,10 +122,49 @@ pub fn ingest_request_with(
     pass_through: &PassThrough,
     options: &IngestOptions,
 ) -> Result<Ingested, WireError> {
+    ingest_records(
+        RecordKind::Span,
+        request,
+        header_tenant,
+        key_tenant,
+        pass_through,
+        options,
+    )
+}
+
+/// Reads an encoded `ExportLogsServiceRequest` like [`ingest_request_with`] reads spans: each
+/// valid log record becomes a held record (`RecordKind::Log`) of its resource's tenant; a
+/// record without trace id carries the all-zero trace id.
+pub fn ingest_logs_with(
+    request: &Bytes,
+    header_tenant: Option<&TenantId>,
+    key_tenant: Option<&TenantId>,
+    pass_through: &PassThrough,
+    options: &IngestOptions,
+) -> Result<Ingested, WireError> {
+    ingest_records(
+        RecordKind::Log,
+        request,
+        header_tenant,
+        key_tenant,
+        pass_through,
+        options,
+    )
+}
+
+fn ingest_records(
+    kind: RecordKind,
+    request: &Bytes,
+    header_tenant: Option<&TenantId>,
+    key_tenant: Option<&TenantId>,
+    pass_through: &PassThrough,
+    options: &IngestOptions,
+) -> Result<Ingested, WireError> {
     let request_meta = RequestMeta {
         header_tenant,
         key_tenant,
         pass_through,
+        kind,
     };
     let mut out = Ingested::default();
     // Encoded spans run 100–1000 bytes; reserving for ~200 avoids most regrowth of the vector.
@@ -168,6 +207,7 @@ struct RequestMeta<'a> {
     header_tenant: Option<&'a TenantId>,
     key_tenant: Option<&'a TenantId>,
     pass_through: &'a PassThrough,
+    kind: RecordKind,
 }
 
 fn read_resource_spans(
@@ -209,7 +249,7 @@ fn read_resource_spans(
             &tenant,
             &resource_bytes,
             &schema_bytes,
-            meta.pass_through,
+            meta,
             options,
             out,
         )?;
@@ -226,10 +266,11 @@ fn read_scope_spans(
     tenant: &TenantId,
     resource: &Bytes,
     resource_schema_url: &Bytes,
-    pass_through: &PassThrough,
+    meta: &RequestMeta<'_>,
     options: &IngestOptions,
     out: &mut Ingested,
 ) -> Result<(), WireError> {
+    let pass_through = meta.pass_through;
     let base = range.start;
     let body = &request[range];
     let mut span_ranges = Vec::new();
@@ -265,6 +306,27 @@ fn read_scope_spans(
                 options.limits.max_spans_per_request
             ),
             );
+            continue;
+        }
+        if meta.kind == RecordKind::Log {
+            let bytes = request.slice(base + span_range.start..base + span_range.end);
+            match super::logs::index_log(
+                &bytes,
+                &options.reserved_attributes,
+                options.limits.max_attributes_per_span,
+            ) {
+                Ok(mut index) => {
+                    if !pass_through.is_empty() {
+                        index.pass_through = pass_through.clone();
+                    }
+                    out.spans.push(SpanRecord {
+                        bytes,
+                        origin: origin.clone(),
+                        index,
+                    })
+                }
+                Err(why) => out.reject(tenant, why),
+            }
             continue;
         }
         let bytes = match options.limits.max_attribute_bytes {

@@ -8,6 +8,7 @@ pub mod codec;
 pub mod encode;
 pub mod ingest;
 pub mod json;
+pub mod logs;
 pub mod metrics;
 pub mod truncate;
 pub mod wire;
@@ -21,13 +22,19 @@ pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceServ
 pub const METRICS_EXPORT_PATH: &str =
     "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
 
-/// An OTLP signal tailsift carries: traces (sampled) or metrics (passed through).
+/// gRPC path of the OTLP logs export method.
+pub const LOGS_EXPORT_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+
+/// An OTLP signal tailsift carries: traces (sampled), logs (following their trace) or metrics
+/// (passed through).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Signal {
     /// `TraceService`, `/v1/traces`.
     Traces,
     /// `MetricsService`, `/v1/metrics`.
     Metrics,
+    /// `LogsService`, `/v1/logs`.
+    Logs,
 }
 
 impl Signal {
@@ -36,6 +43,7 @@ impl Signal {
         match self {
             Signal::Traces => EXPORT_PATH,
             Signal::Metrics => METRICS_EXPORT_PATH,
+            Signal::Logs => LOGS_EXPORT_PATH,
         }
     }
 
@@ -44,6 +52,7 @@ impl Signal {
         match self {
             Signal::Traces => "/v1/traces",
             Signal::Metrics => "/v1/metrics",
+            Signal::Logs => "/v1/logs",
         }
     }
 }

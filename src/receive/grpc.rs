@@ -51,6 +51,15 @@ impl ServedSignal for Metrics {
     const SIGNAL: Signal = Signal::Metrics;
 }
 
+/// Logs: `LogsService/Export`, held with their trace or passed through.
+#[derive(Clone, Copy, Debug)]
+pub struct Logs;
+
+impl ServedSignal for Logs {
+    const NAME: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+    const SIGNAL: Signal = Signal::Logs;
+}
+
 /// The gRPC export service of signal `S`, backed by a [`Receiver`].
 #[derive(Clone)]
 pub struct ExportService<S> {
@@ -62,6 +71,8 @@ pub struct ExportService<S> {
 pub type TraceService = ExportService<Traces>;
 /// The gRPC `MetricsService`.
 pub type MetricsService = ExportService<Metrics>;
+/// The gRPC `LogsService`.
+pub type LogsService = ExportService<Logs>;
 
 impl<S: ServedSignal> ExportService<S> {
     /// A service handing requests to `receiver`.
@@ -172,6 +183,21 @@ impl UnaryService<Bytes> for ExportMethod {
                 .filter(|v| !v.is_empty())
                 .map(TenantId::new);
             let body = request.into_inner();
+            if signal == Signal::Logs {
+                return match receiver
+                    .accept_logs(body, tenant, key_tenant, pass_through)
+                    .await
+                {
+                    Ok(accepted) => {
+                        let response = crate::otlp::logs::export_response(
+                            accepted.rejected,
+                            accepted.error_message.as_deref(),
+                        );
+                        Ok(tonic::Response::new(Bytes::from(response.encode_to_vec())))
+                    }
+                    Err(err) => Err(status_for(&err)),
+                };
+            }
             match receiver
                 .accept_as(body, tenant, key_tenant, pass_through)
                 .await

@@ -32,6 +32,7 @@ pub fn router(receiver: Arc<Receiver>, max_concurrent_requests: usize) -> Router
     Router::new()
         .route("/v1/traces", post(export_traces))
         .route("/v1/metrics", post(export_metrics))
+        .route("/v1/logs", post(export_logs))
         .with_state(HttpState {
             receiver,
             concurrency: Arc::new(Semaphore::new(max_concurrent_requests)),
@@ -50,6 +51,10 @@ async fn export_traces(state: State<HttpState>, headers: HeaderMap, body: Body) 
 
 async fn export_metrics(state: State<HttpState>, headers: HeaderMap, body: Body) -> Response {
     export(state, headers, body, Signal::Metrics).await
+}
+
+async fn export_logs(state: State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+    export(state, headers, body, Signal::Logs).await
 }
 
 async fn export(
@@ -126,6 +131,10 @@ async fn export(
             Ok(b) => b,
             Err(e) => return refuse(receiver, encoding, StatusCode::BAD_REQUEST, &e.to_string()),
         },
+        (Encoding::Json, Signal::Logs) => match crate::otlp::logs::json_to_protobuf(&raw) {
+            Ok(b) => b,
+            Err(e) => return refuse(receiver, encoding, StatusCode::BAD_REQUEST, &e.to_string()),
+        },
     };
     if signal == Signal::Metrics {
         let pass_through = receiver.capture_pass_through(&headers);
@@ -152,25 +161,47 @@ async fn export(
         .filter(|v| !v.is_empty())
         .map(TenantId::new);
     let pass_through = receiver.capture_pass_through(&headers);
-    match receiver
-        .accept_as(body, tenant, key_tenant, pass_through)
-        .await
-    {
+    let accepted = match signal {
+        Signal::Logs => {
+            receiver
+                .accept_logs(body, tenant, key_tenant, pass_through)
+                .await
+        }
+        _ => {
+            receiver
+                .accept_as(body, tenant, key_tenant, pass_through)
+                .await
+        }
+    };
+    match accepted {
         Ok(accepted) => {
-            let response = export_response(accepted.rejected, accepted.error_message.as_deref());
+            let (encoded, json) = if signal == Signal::Logs {
+                let response = crate::otlp::logs::export_response(
+                    accepted.rejected,
+                    accepted.error_message.as_deref(),
+                );
+                let json = response
+                    .partial_success
+                    .as_ref()
+                    .map(|_| serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec()));
+                (response.encode_to_vec(), json)
+            } else {
+                let response =
+                    export_response(accepted.rejected, accepted.error_message.as_deref());
+                let json = response
+                    .partial_success
+                    .as_ref()
+                    .map(|_| serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec()));
+                (response.encode_to_vec(), json)
+            };
             match encoding {
-                Encoding::Protobuf => (
-                    [(header::CONTENT_TYPE, "application/x-protobuf")],
-                    response.encode_to_vec(),
-                )
-                    .into_response(),
+                Encoding::Protobuf => {
+                    ([(header::CONTENT_TYPE, "application/x-protobuf")], encoded).into_response()
+                }
                 Encoding::Json => (
                     [(header::CONTENT_TYPE, "application/json")],
                     // An absent partial success is omitted, not written as null.
-                    match response.partial_success {
-                        Some(_) => serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec()),
-                        None => b"{}".to_vec(),
-                    },
+                    json.unwrap_or_else(|| b"{}".to_vec()),
                 )
                     .into_response(),
             }

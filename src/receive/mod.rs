@@ -14,8 +14,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::model::{DropReason, MetricsRequest, MetricsSink, PassThrough, TenantId};
-use crate::otlp::ingest::{ingest_request_with, IngestOptions};
+use crate::model::{
+    Decision, DropReason, KeptSpans, MetricsRequest, MetricsSink, PassThrough, RecordKind,
+    SpanRecord, TenantId, TraceId, UntracedSink,
+};
+use crate::otlp::ingest::{ingest_logs_with, ingest_request_with, IngestOptions};
 use crate::route::{RouteError, Router};
 use crate::stats::Stats;
 
@@ -65,6 +68,9 @@ pub struct Receiver {
     api_keys: Option<Arc<auth::ApiKeys>>,
     pass_through_headers: Vec<::http::HeaderName>,
     metrics: Option<Arc<dyn MetricsSink>>,
+    untraced: Option<Arc<dyn UntracedSink>>,
+    untraced_sample_rate: u64,
+    untraced_seen: std::sync::atomic::AtomicU64,
 }
 
 impl Receiver {
@@ -90,7 +96,18 @@ impl Receiver {
             api_keys: None,
             pass_through_headers: Vec::new(),
             metrics: None,
+            untraced: None,
+            untraced_sample_rate: 1,
+            untraced_seen: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Passes log records without a trace id to `sink`, keeping 1 in `sample_rate`
+    /// (`[logs] untraced_sample_rate`); without a sink they are refused as unavailable.
+    pub fn with_untraced_logs(mut self, sink: Arc<dyn UntracedSink>, sample_rate: u64) -> Self {
+        self.untraced = Some(sink);
+        self.untraced_sample_rate = sample_rate.max(1);
+        self
     }
 
     /// Passes OTLP metrics requests to `sink` (without one, metrics requests are refused as
@@ -240,6 +257,44 @@ impl Receiver {
         key_tenant: Option<TenantId>,
         pass_through: PassThrough,
     ) -> Result<Accepted, ReceiveError> {
+        self.accept_records(
+            RecordKind::Span,
+            body,
+            header_tenant,
+            key_tenant,
+            pass_through,
+        )
+        .await
+    }
+
+    /// Reads one encoded `ExportLogsServiceRequest`: records with a trace id are routed to
+    /// their trace's shard (and owner) and follow its decision; records without one go
+    /// straight to export (1 in `[logs] untraced_sample_rate` of them).
+    pub async fn accept_logs(
+        &self,
+        body: Bytes,
+        header_tenant: Option<TenantId>,
+        key_tenant: Option<TenantId>,
+        pass_through: PassThrough,
+    ) -> Result<Accepted, ReceiveError> {
+        self.accept_records(
+            RecordKind::Log,
+            body,
+            header_tenant,
+            key_tenant,
+            pass_through,
+        )
+        .await
+    }
+
+    async fn accept_records(
+        &self,
+        kind: RecordKind,
+        body: Bytes,
+        header_tenant: Option<TenantId>,
+        key_tenant: Option<TenantId>,
+        pass_through: PassThrough,
+    ) -> Result<Accepted, ReceiveError> {
         self.stats.requests_received.fetch_add(1, Relaxed);
         if !self.accepting.load(Relaxed) {
             self.stats.requests_refused.fetch_add(1, Relaxed);
@@ -269,7 +324,11 @@ impl Receiver {
                 limit: self.max_request_bytes,
             });
         }
-        let ingested = ingest_request_with(
+        let (ingest, what) = match kind {
+            RecordKind::Span => (ingest_request_with as IngestFn, "ExportTraceServiceRequest"),
+            RecordKind::Log => (ingest_logs_with as IngestFn, "ExportLogsServiceRequest"),
+        };
+        let mut ingested = ingest(
             &body,
             header_tenant.as_ref(),
             key_tenant.as_ref(),
@@ -278,8 +337,19 @@ impl Receiver {
         )
         .map_err(|e| {
             self.stats.requests_invalid.fetch_add(1, Relaxed);
-            ReceiveError::Invalid(format!("cannot decode ExportTraceServiceRequest: {e}"))
+            ReceiveError::Invalid(format!("cannot decode {what}: {e}"))
         })?;
+        let untraced = if kind == RecordKind::Log {
+            let none = TraceId::default();
+            let (untraced, traced): (Vec<_>, Vec<_>) = ingested
+                .spans
+                .drain(..)
+                .partition(|r| r.index.trace_id == none);
+            ingested.spans = traced;
+            untraced
+        } else {
+            Vec::new()
+        };
         let n = ingested.spans.len() as u64;
         let counters = &self.stats.receive;
         counters
@@ -288,19 +358,44 @@ impl Receiver {
         counters
             .tenant_overridden
             .fetch_add(ingested.tenant_overridden, Relaxed);
-        match self.router.route(ingested.spans).await {
+        // Records without a trace go first: refused there, nothing of the request is held.
+        let untraced_n = untraced.len() as u64;
+        if !untraced.is_empty() {
+            self.pass_untraced(untraced)?;
+        }
+        let routed = if ingested.spans.is_empty() {
+            Ok(())
+        } else {
+            self.router.route(ingested.spans).await
+        };
+        match routed {
             Ok(()) => {
-                self.stats.spans_received.fetch_add(n, Relaxed);
+                match kind {
+                    RecordKind::Span => self.stats.spans_received.fetch_add(n, Relaxed),
+                    RecordKind::Log => self
+                        .stats
+                        .log_records_received
+                        .fetch_add(n + untraced_n, Relaxed),
+                };
                 if ingested.rejected > 0 {
-                    self.stats
-                        .drop_spans(DropReason::Invalid, ingested.rejected);
+                    match kind {
+                        RecordKind::Span => self
+                            .stats
+                            .drop_spans(DropReason::Invalid, ingested.rejected),
+                        RecordKind::Log => self
+                            .stats
+                            .drop_log_records(DropReason::Invalid, ingested.rejected),
+                    }
                     let now = crate::stats::tenant::unix_now();
                     let counts: Vec<_> = ingested
                         .rejected_by_tenant
                         .iter()
                         .map(|(tenant, n)| {
                             let mut c = crate::stats::tenant::Counts::default();
-                            c.drop_spans(DropReason::Invalid, *n);
+                            match kind {
+                                RecordKind::Span => c.drop_spans(DropReason::Invalid, *n),
+                                RecordKind::Log => c.logs_dropped += *n,
+                            }
                             (tenant, c)
                         })
                         .collect();
@@ -315,8 +410,99 @@ impl Receiver {
             }
             Err(e @ (RouteError::Full | RouteError::PeerFull(_) | RouteError::Closed)) => {
                 self.stats.requests_refused.fetch_add(1, Relaxed);
+                // The untraced records already went to export: they are counted as received
+                // (a retry sends them again, as OTLP's at-least-once delivery allows).
+                if untraced_n > 0 {
+                    self.stats
+                        .log_records_received
+                        .fetch_add(untraced_n, Relaxed);
+                }
                 Err(ReceiveError::Unavailable(e.to_string()))
             }
         }
+    }
+
+    /// Samples log records without a trace id (1 in `untraced_sample_rate`, by arrival
+    /// order, so the kept share is exact) and queues the rest for export.
+    fn pass_untraced(&self, records: Vec<SpanRecord>) -> Result<(), ReceiveError> {
+        let Some(sink) = &self.untraced else {
+            self.stats.requests_refused.fetch_add(1, Relaxed);
+            return Err(ReceiveError::Unavailable(
+                "logs without a trace id are not exported by this proxy".into(),
+            ));
+        };
+        let rate = self.untraced_sample_rate;
+        let total = records.len() as u64;
+        let first = self.untraced_seen.fetch_add(total, Relaxed);
+        let kept: Vec<SpanRecord> = if rate == 1 {
+            records
+        } else {
+            records
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| (first + *i as u64) % rate == 0)
+                .map(|(_, r)| r)
+                .collect()
+        };
+        let dropped = total - kept.len() as u64;
+        let mut by_tenant: Vec<(TenantId, Vec<SpanRecord>)> = Vec::new();
+        for record in kept {
+            match by_tenant
+                .iter_mut()
+                .find(|(t, _)| *t == record.origin.tenant)
+            {
+                Some((_, v)) => v.push(record),
+                None => by_tenant.push((record.origin.tenant.clone(), vec![record])),
+            }
+        }
+        let now = crate::stats::tenant::unix_now();
+        let decision = untraced_decision(rate);
+        // All-or-nothing per request is not possible across tenants once one part is queued;
+        // a refused part is counted as refused and the client retries the whole request.
+        for (tenant, records) in by_tenant {
+            let n = records.len() as u64;
+            let kept = KeptSpans {
+                tenant: tenant.clone(),
+                decision: decision.clone(),
+                spans: records,
+            };
+            if sink.try_submit(kept).is_err() {
+                self.stats.requests_refused.fetch_add(1, Relaxed);
+                return Err(ReceiveError::Unavailable(
+                    "the export queue is full (the backend is slow or down); retry later".into(),
+                ));
+            }
+            self.stats.log_records_kept.fetch_add(n, Relaxed);
+            let mut c = crate::stats::tenant::Counts {
+                logs_kept: n,
+                ..Default::default()
+            };
+            c.logs_received = n;
+            self.stats.tenants.add(&tenant, now, &c);
+        }
+        self.stats.log_records_untraced.fetch_add(total, Relaxed);
+        if dropped > 0 {
+            self.stats.drop_log_records(DropReason::Sampled, dropped);
+        }
+        Ok(())
+    }
+}
+
+/// The signature of the two ingest functions (spans, log records).
+type IngestFn = fn(
+    &Bytes,
+    Option<&TenantId>,
+    Option<&TenantId>,
+    &PassThrough,
+    &IngestOptions,
+) -> Result<crate::otlp::ingest::Ingested, crate::otlp::wire::WireError>;
+
+/// What log records without a trace follow: kept, at the `[logs]` rate.
+fn untraced_decision(rate: u64) -> Decision {
+    Decision {
+        keep: true,
+        sample_rate: rate,
+        threshold: crate::consistent::threshold_for_rate(rate),
+        rule: Arc::from(crate::model::UNTRACED_RULE),
     }
 }

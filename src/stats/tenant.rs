@@ -80,6 +80,16 @@ pub struct Counts {
     pub traces_dropped: [u64; 6],
     /// Spans not delivered, by reason (indexed by [`reason_index`]).
     pub spans_dropped: [u64; 6],
+    /// Log records accepted (with or without a trace id).
+    pub logs_received: u64,
+    /// Log records handed to export.
+    pub logs_kept: u64,
+    /// Log records delivered to the backend.
+    pub logs_exported: u64,
+    /// Log records not delivered (their trace dropped, not sampled, export failed).
+    pub logs_dropped: u64,
+    /// Metric data points accepted (passed through).
+    pub metric_points_received: u64,
     /// Per deciding rule.
     pub rules: Vec<RuleCounts>,
 }
@@ -99,6 +109,11 @@ impl Counts {
             self.traces_dropped[i] += other.traces_dropped[i];
             self.spans_dropped[i] += other.spans_dropped[i];
         }
+        self.logs_received += other.logs_received;
+        self.logs_kept += other.logs_kept;
+        self.logs_exported += other.logs_exported;
+        self.logs_dropped += other.logs_dropped;
+        self.metric_points_received += other.metric_points_received;
         for r in &other.rules {
             let mine = self.rule_mut(&r.rule);
             mine.traces_decided += r.traces_decided;
@@ -176,6 +191,15 @@ impl Counts {
             let i = reason_index(drop_reason(decision));
             self.traces_dropped[i] += 1;
             self.spans_dropped[i] += spans;
+        }
+    }
+
+    /// Counts log records that followed `decision` (held with their trace, or late).
+    pub fn logs_followed(&mut self, decision: &Decision, logs: u64) {
+        if decision.keep {
+            self.logs_kept += logs;
+        } else {
+            self.logs_dropped += logs;
         }
     }
 
@@ -497,7 +521,7 @@ impl TenantTable {
         let mut tenants = self.snapshot(Window::SinceStart, 0);
         tenants.sort_by(|a, b| a.0.cmp(&b.0));
         type Get = fn(&Counts) -> u64;
-        let simple: [(&str, &str, Get); 7] = [
+        let simple: [(&str, &str, Get); 12] = [
             (
                 "tailsift_tenant_traces_received_total",
                 "Traces first seen, per tenant",
@@ -532,6 +556,31 @@ impl TenantTable {
                 "tailsift_tenant_late_spans_total",
                 "Spans that arrived after their trace was decided, per tenant",
                 |c| c.late_spans,
+            ),
+            (
+                "tailsift_tenant_log_records_received_total",
+                "Log records accepted, per tenant",
+                |c| c.logs_received,
+            ),
+            (
+                "tailsift_tenant_log_records_kept_total",
+                "Log records handed to export, per tenant",
+                |c| c.logs_kept,
+            ),
+            (
+                "tailsift_tenant_log_records_exported_total",
+                "Log records delivered to the backend, per tenant",
+                |c| c.logs_exported,
+            ),
+            (
+                "tailsift_tenant_log_records_dropped_total",
+                "Log records not delivered, per tenant",
+                |c| c.logs_dropped,
+            ),
+            (
+                "tailsift_tenant_metric_points_received_total",
+                "Metric data points accepted, per tenant",
+                |c| c.metric_points_received,
             ),
         ];
         for (name, help, get) in simple {
@@ -643,6 +692,16 @@ impl Tally {
     /// Counts `spans` valid spans of `tenant` entering the buffer.
     pub fn spans_received(&mut self, tenant: &TenantId, spans: u64) {
         self.counts(tenant).spans_received += spans;
+    }
+
+    /// Counts `logs` log records of `tenant` entering the buffer with their trace.
+    pub fn logs_received(&mut self, tenant: &TenantId, logs: u64) {
+        self.counts(tenant).logs_received += logs;
+    }
+
+    /// Counts log records of `tenant` that followed `decision`.
+    pub fn logs_followed(&mut self, tenant: &TenantId, decision: &Decision, logs: u64) {
+        self.counts(tenant).logs_followed(decision, logs);
     }
 
     /// Counts a trace first seen.
