@@ -14,9 +14,32 @@ use super::json::JsonError;
 /// The data points of an encoded `ExportMetricsServiceRequest` (every gauge, sum, histogram,
 /// exponential histogram and summary point); an error if it does not decode.
 pub fn count_points(encoded: &[u8]) -> Result<u64, prost::DecodeError> {
+    Ok(points_by_tenant(encoded, "")?.iter().map(|(_, n)| n).sum())
+}
+
+/// The data points of an encoded `ExportMetricsServiceRequest` per resource, with the value
+/// of the resource's `tenant_attribute` (string or integer) when it has one.
+pub fn points_by_tenant(
+    encoded: &[u8],
+    tenant_attribute: &str,
+) -> Result<Vec<(Option<String>, u64)>, prost::DecodeError> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
     let request = ExportMetricsServiceRequest::decode(encoded)?;
-    let mut points = 0u64;
+    let mut out = Vec::with_capacity(request.resource_metrics.len());
     for rm in &request.resource_metrics {
+        let tenant = rm.resource.as_ref().and_then(|r| {
+            r.attributes
+                .iter()
+                .filter(|kv| !tenant_attribute.is_empty() && kv.key == tenant_attribute)
+                .find_map(
+                    |kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                        Some(Value::StringValue(s)) if !s.is_empty() => Some(s.clone()),
+                        Some(Value::IntValue(i)) => Some(i.to_string()),
+                        _ => None,
+                    },
+                )
+        });
+        let mut points = 0u64;
         for sm in &rm.scope_metrics {
             for metric in &sm.metrics {
                 let n = match &metric.data {
@@ -30,8 +53,9 @@ pub fn count_points(encoded: &[u8]) -> Result<u64, prost::DecodeError> {
                 points += n as u64;
             }
         }
+        out.push((tenant, points));
     }
-    Ok(points)
+    Ok(out)
 }
 
 /// Converts an OTLP/JSON `ExportMetricsServiceRequest` into its protobuf encoding (the only

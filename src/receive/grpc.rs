@@ -168,20 +168,25 @@ impl UnaryService<Bytes> for ExportMethod {
         let pass_through = self.pass_through.clone();
         let signal = self.signal;
         Box::pin(async move {
-            if signal == Signal::Metrics {
-                return match receiver.accept_metrics(request.into_inner(), pass_through) {
-                    Ok(_) => Ok(tonic::Response::new(Bytes::from(
-                        crate::otlp::metrics::export_response().encode_to_vec(),
-                    ))),
-                    Err(err) => Err(status_for(&err)),
-                };
-            }
             let tenant = request
                 .metadata()
                 .get(receiver.tenant_header.as_str())
                 .and_then(|v| v.to_str().ok())
                 .filter(|v| !v.is_empty())
                 .map(TenantId::new);
+            if signal == Signal::Metrics {
+                return match receiver.accept_metrics_as(
+                    request.into_inner(),
+                    tenant,
+                    key_tenant,
+                    pass_through,
+                ) {
+                    Ok(_) => Ok(tonic::Response::new(Bytes::from(
+                        crate::otlp::metrics::export_response().encode_to_vec(),
+                    ))),
+                    Err(err) => Err(status_for(&err)),
+                };
+            }
             let body = request.into_inner();
             if signal == Signal::Logs {
                 return match receiver

@@ -136,9 +136,14 @@ async fn export(
             Err(e) => return refuse(receiver, encoding, StatusCode::BAD_REQUEST, &e.to_string()),
         },
     };
+    let tenant = headers
+        .get(receiver.tenant_header.as_str())
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(TenantId::new);
     if signal == Signal::Metrics {
         let pass_through = receiver.capture_pass_through(&headers);
-        return match receiver.accept_metrics(body, pass_through) {
+        return match receiver.accept_metrics_as(body, tenant, key_tenant, pass_through) {
             Ok(_) => {
                 let response = crate::otlp::metrics::export_response();
                 match encoding {
@@ -155,11 +160,6 @@ async fn export(
             Err(err) => error(encoding, http_status(&err), &err.to_string()),
         };
     }
-    let tenant = headers
-        .get(receiver.tenant_header.as_str())
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .map(TenantId::new);
     let pass_through = receiver.capture_pass_through(&headers);
     let accepted = match signal {
         Signal::Logs => {

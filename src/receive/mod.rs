@@ -193,6 +193,18 @@ impl Receiver {
         body: Bytes,
         pass_through: PassThrough,
     ) -> Result<u64, ReceiveError> {
+        self.accept_metrics_as(body, None, None, pass_through)
+    }
+
+    /// Like [`Receiver::accept_metrics`], counting the points per tenant: the API key's
+    /// tenant, else each resource's tenant attribute, else the header's, else the default.
+    pub fn accept_metrics_as(
+        &self,
+        body: Bytes,
+        header_tenant: Option<TenantId>,
+        key_tenant: Option<TenantId>,
+        pass_through: PassThrough,
+    ) -> Result<u64, ReceiveError> {
         self.stats.requests_received.fetch_add(1, Relaxed);
         if !self.accepting.load(Relaxed) {
             self.stats.requests_refused.fetch_add(1, Relaxed);
@@ -207,10 +219,14 @@ impl Receiver {
                 limit: self.max_request_bytes,
             });
         }
-        let points = crate::otlp::metrics::count_points(&body).map_err(|e| {
-            self.stats.requests_invalid.fetch_add(1, Relaxed);
-            ReceiveError::Invalid(format!("cannot decode ExportMetricsServiceRequest: {e}"))
-        })?;
+        let by_resource =
+            crate::otlp::metrics::points_by_tenant(&body, &self.options.tenant_attribute).map_err(
+                |e| {
+                    self.stats.requests_invalid.fetch_add(1, Relaxed);
+                    ReceiveError::Invalid(format!("cannot decode ExportMetricsServiceRequest: {e}"))
+                },
+            )?;
+        let points: u64 = by_resource.iter().map(|(_, n)| n).sum();
         let Some(sink) = &self.metrics else {
             self.stats.requests_refused.fetch_add(1, Relaxed);
             return Err(ReceiveError::Unavailable(
@@ -225,6 +241,30 @@ impl Receiver {
         match sink.try_submit(request) {
             Ok(()) => {
                 self.stats.metric_points_received.fetch_add(points, Relaxed);
+                let mut per_tenant: Vec<(TenantId, crate::stats::tenant::Counts)> = Vec::new();
+                for (named, n) in by_resource {
+                    let tenant = match (&key_tenant, named) {
+                        (Some(key), _) => key.clone(),
+                        (None, Some(name)) => TenantId::new(&name),
+                        (None, None) => header_tenant
+                            .clone()
+                            .unwrap_or_else(|| self.options.default_tenant.clone()),
+                    };
+                    match per_tenant.iter_mut().find(|(t, _)| *t == tenant) {
+                        Some((_, c)) => c.metric_points_received += n,
+                        None => per_tenant.push((
+                            tenant,
+                            crate::stats::tenant::Counts {
+                                metric_points_received: n,
+                                ..Default::default()
+                            },
+                        )),
+                    }
+                }
+                self.stats.tenants.add_all(
+                    crate::stats::tenant::unix_now(),
+                    per_tenant.iter().map(|(t, c)| (t, c)),
+                );
                 Ok(points)
             }
             Err(_) => {
