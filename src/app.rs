@@ -106,6 +106,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if let Some(spool) = &spool {
         stats.spooled_spans.store(spool.spans() as i64, Relaxed);
     }
+    // Logs and metrics requests spool beside the traces, each in its own subdirectory (the
+    // spool's file names carry a record count, not the signal).
+    let signal_spool = |name: &str| -> anyhow::Result<Option<Arc<export::spool::Spool>>> {
+        match &config.export.spool_dir {
+            Some(dir) => Ok(Some(Arc::new(
+                export::spool::Spool::open(&dir.join(name), config.export.spool_max_bytes.0)
+                    .with_context(|| format!("opening the {name} export spool"))?,
+            ))),
+            None => Ok(None),
+        }
+    };
+    let logs_spool = signal_spool("logs")?;
+    let metrics_spool = signal_spool("metrics")?;
     let metrics_sink = Sink::build_for(&config.export, crate::otlp::Signal::Metrics)
         .context("setting up the metrics exporter")?;
     let logs_sink = Sink::build_for(&config.export, crate::otlp::Signal::Logs)
@@ -116,6 +129,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics_rx,
         metrics_sink,
         config.export.clone(),
+        metrics_spool,
         stats.clone(),
         metrics_stopped,
     ));
@@ -126,6 +140,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         export::Sinks {
             traces: sink,
             logs: logs_sink,
+            logs_spool,
         },
         config.export.clone(),
         keys.clone(),

@@ -380,3 +380,56 @@ async fn metrics_need_a_known_api_key_when_auth_requires_one() {
     );
     stop(proxy).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_refused_by_the_backend_wait_in_the_spool_and_arrive_once_it_is_back() {
+    let backend = RecordingBackend::start().await;
+    backend.go_down().await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let proxy = TailsiftProcess::start_with_rules_and(backend.grpc_addr(), KEEP_ALL_RULES, |c| {
+        c.replace(
+            "sample_rate_attribute = \"SampleRate\"",
+            &format!(
+                "sample_rate_attribute = \"SampleRate\"\nspool_dir = \"{}\"\nretry_initial = \"50ms\"\nretry_max = \"200ms\"",
+                spool_dir.display()
+            ),
+        )
+    })
+    .await;
+    let requests: Vec<_> = (0..3).map(|i| metrics_request(&format!("m{i}"))).collect();
+    for r in &requests {
+        send_metrics_grpc(proxy.grpc, r.clone())
+            .await
+            .expect("queued");
+    }
+    // With the backend down, each request goes to disk instead of waiting in memory.
+    let metrics_spool = spool_dir.join("metrics");
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::fs::read_dir(&metrics_spool).map_or(0, |d| d.count()) < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "metrics not spooled:\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    backend.come_up().await;
+    let mut got: Vec<_> = backend
+        .wait_for_metrics(3, WAIT)
+        .await
+        .into_iter()
+        .map(|m| m.request)
+        .collect();
+    assert_eq!(got.len(), 3, "{}", proxy.log());
+    got.sort_by_key(|r| format!("{r:?}"));
+    let mut want = requests.clone();
+    want.sort_by_key(|r| format!("{r:?}"));
+    assert_eq!(got, want, "each spooled request arrives once, unchanged");
+    let deadline = std::time::Instant::now() + WAIT;
+    while counter(&proxy, "tailsift_metric_points_exported_total").await < 18 {
+        assert!(std::time::Instant::now() < deadline, "{}", proxy.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop(proxy).await;
+}

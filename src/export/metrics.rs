@@ -1,7 +1,8 @@
 //! Metrics pass-through: a bounded queue (in bytes) of OTLP metrics requests, drained by a
 //! task that sends each request, unchanged, to the backend's metrics endpoint with the trace
 //! exporter's retry policy. Metrics are never held for a decision; when the queue is full,
-//! receive refuses with the codes OTLP clients retry. Metrics are not spooled to disk.
+//! receive refuses with the codes OTLP clients retry. With `[export] spool_dir`, a request the
+//! backend refuses with a retryable error goes to `spool_dir/metrics` and is replayed.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -11,7 +12,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::sink::Sink;
-use super::{jitter, Retry};
+use super::spool::Spool;
+use super::{jitter, spawn_replay, Retry, Spooling};
 use crate::config::ExportConfig;
 use crate::model::{DropReason, MetricsRequest, MetricsSink};
 use crate::stats::Stats;
@@ -65,9 +67,20 @@ pub async fn run(
     mut rx: mpsc::UnboundedReceiver<MetricsRequest>,
     sink: Sink,
     config: ExportConfig,
+    spool: Option<Arc<Spool>>,
     stats: Arc<Stats>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let replay = spool.clone().map(|spool| {
+        spawn_replay(
+            spool,
+            sink.clone(),
+            &config,
+            stats.clone(),
+            stop.clone(),
+            Spooling::Metrics,
+        )
+    });
     let retry = Retry {
         initial: config.retry_initial.0,
         max: config.retry_max.0,
@@ -94,15 +107,18 @@ pub async fn run(
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break;
         };
-        let (sink, stats, retry) = (sink.clone(), stats.clone(), retry.clone());
+        let (sink, stats, retry, spool) =
+            (sink.clone(), stats.clone(), retry.clone(), spool.clone());
         tasks.spawn(async move {
             let len = request.body.len() as i64;
-            if send_with_retry(&sink, &request, &retry, &stats).await {
-                stats
-                    .metric_points_exported
-                    .fetch_add(request.points, Relaxed);
-            } else {
-                stats.drop_metric_points(DropReason::ExportFailed, request.points);
+            match send_with_retry(&sink, &request, &retry, spool.as_deref(), &stats).await {
+                Sent::Delivered => {
+                    stats
+                        .metric_points_exported
+                        .fetch_add(request.points, Relaxed);
+                }
+                Sent::Spooled => {}
+                Sent::Failed => stats.drop_metric_points(DropReason::ExportFailed, request.points),
             }
             stats.metrics_queue_bytes.fetch_sub(len, Relaxed);
             stats
@@ -113,6 +129,16 @@ pub async fn run(
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
+    if let Some(replay) = replay {
+        let _ = replay.await;
+    }
+}
+
+/// What became of one metrics request.
+enum Sent {
+    Delivered,
+    Spooled,
+    Failed,
 }
 
 /// Sends one metrics request, retrying retryable failures with capped exponential backoff
@@ -122,18 +148,31 @@ async fn send_with_retry(
     sink: &Sink,
     request: &MetricsRequest,
     retry: &Retry,
+    spool: Option<&Spool>,
     stats: &Stats,
-) -> bool {
+) -> Sent {
     let start = Instant::now();
     let mut delay = retry.initial;
     loop {
         match sink.send(request.body.clone(), &request.pass_through).await {
-            Ok(()) => return true,
+            Ok(()) => return Sent::Delivered,
             Err(err) if err.retryable => {
+                // As for traces: a request with pass-through headers is never written to disk.
+                if let Some(spool) = spool.filter(|_| request.pass_through.is_empty()) {
+                    match spool.push(&request.body, request.points) {
+                        Ok(()) => {
+                            tracing::warn!(error = %err, points = request.points, "metrics export failed; request spooled to disk for replay");
+                            return Sent::Spooled;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot spool metrics; retrying in memory")
+                        }
+                    }
+                }
                 let wait = err.retry_after.unwrap_or_else(|| jitter(delay));
                 if start.elapsed() + wait > retry.max_elapsed {
                     tracing::error!(error = %err, points = request.points, "metrics export failed after retrying; points dropped");
-                    return false;
+                    return Sent::Failed;
                 }
                 stats.export_retries.fetch_add(1, Relaxed);
                 tracing::warn!(error = %err, wait_ms = wait.as_millis() as u64, "metrics export failed; retrying");
@@ -142,7 +181,7 @@ async fn send_with_retry(
             }
             Err(err) => {
                 tracing::error!(error = %err, points = request.points, "metrics export refused permanently; points dropped");
-                return false;
+                return Sent::Failed;
             }
         }
     }

@@ -172,6 +172,73 @@ pub struct Sinks {
     pub traces: Sink,
     /// Log records of kept traces, late ones and those without a trace.
     pub logs: Sink,
+    /// The disk spool of log requests (`spool_dir/logs`), when spooling is on.
+    pub logs_spool: Option<Arc<Spool>>,
+}
+
+/// What a spool holds requests of, so replay counts them as the right records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spooling {
+    /// Trace requests (counted in spans).
+    Traces,
+    /// Logs requests (counted in log records).
+    Logs,
+    /// Metrics requests (counted in data points).
+    Metrics,
+}
+
+impl Spooling {
+    /// Counts `n` records of a replayed request as delivered.
+    fn delivered(self, stats: &Stats, n: u64) {
+        match self {
+            Spooling::Traces => {
+                stats.spooled_spans.fetch_sub(n as i64, Relaxed);
+                stats.spans_exported.fetch_add(n, Relaxed);
+            }
+            Spooling::Logs => {
+                stats.log_records_exported.fetch_add(n, Relaxed);
+            }
+            Spooling::Metrics => {
+                stats.metric_points_exported.fetch_add(n, Relaxed);
+            }
+        }
+    }
+
+    /// Counts `n` records of a spooled request as lost.
+    fn failed(self, stats: &Stats, n: u64) {
+        match self {
+            Spooling::Traces => {
+                stats.spooled_spans.fetch_sub(n as i64, Relaxed);
+                stats.drop_spans(DropReason::ExportFailed, n);
+            }
+            Spooling::Logs => stats.drop_log_records(DropReason::ExportFailed, n),
+            Spooling::Metrics => stats.drop_metric_points(DropReason::ExportFailed, n),
+        }
+    }
+
+    /// Counts `n` records as written to the spool.
+    pub fn spooled(self, stats: &Stats, n: u64) {
+        if self == Spooling::Traces {
+            stats.spooled_spans.fetch_add(n as i64, Relaxed);
+        }
+    }
+}
+
+/// Starts replaying `spool` through `sink` (oldest first) until `stop` turns true.
+pub fn spawn_replay(
+    spool: Arc<Spool>,
+    sink: Sink,
+    config: &ExportConfig,
+    stats: Arc<Stats>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    what: Spooling,
+) -> tokio::task::JoinHandle<()> {
+    let retry = Retry {
+        initial: config.retry_initial.0,
+        max: config.retry_max.0,
+        max_elapsed: config.retry_max_elapsed.0,
+    };
+    tokio::spawn(replay(spool, sink, retry, stats, stop, what))
 }
 
 /// Creates the intake and the receiving end for [`run`].
@@ -224,15 +291,22 @@ pub async fn run(
     };
     let (stop_replay, replay_stopped) = tokio::sync::watch::channel(false);
     let sinks = Arc::new(sinks);
-    let replay = spool.clone().map(|spool| {
-        tokio::spawn(replay(
-            spool,
-            sinks.traces.clone(),
-            retry.clone(),
-            stats.clone(),
-            replay_stopped,
-        ))
-    });
+    let mut replays = Vec::new();
+    for (spool, sink, what) in [
+        (spool.clone(), &sinks.traces, Spooling::Traces),
+        (sinks.logs_spool.clone(), &sinks.logs, Spooling::Logs),
+    ] {
+        if let Some(spool) = spool {
+            replays.push(tokio::spawn(replay(
+                spool,
+                sink.clone(),
+                retry.clone(),
+                stats.clone(),
+                replay_stopped.clone(),
+                what,
+            )));
+        }
+    }
     let split_by_headers = !config.pass_through_headers.is_empty();
     let mut batch: Vec<KeptSpans> = Vec::new();
     let mut rooms: Vec<OwnedSemaphorePermit> = Vec::new();
@@ -302,16 +376,14 @@ pub async fn run(
                     let part_tenants = spans_per_tenant(&part);
                     let mut body = Vec::with_capacity(part_bytes + 1024);
                     let mut encoder = BatchEncoder::new(keys.clone());
-                    let (sink, spool) = match kind {
+                    let (sink, spool, what) = match kind {
                         RecordKind::Span => {
                             encoder.encode(&part, &mut body);
-                            (&sinks.traces, spool.as_deref())
+                            (&sinks.traces, spool.as_deref(), Spooling::Traces)
                         }
-                        // The spool replays trace requests only: log requests are retried
-                        // in memory.
                         RecordKind::Log => {
                             encoder.encode_logs(&part, &mut body);
-                            (&sinks.logs, None)
+                            (&sinks.logs, sinks.logs_spool.as_deref(), Spooling::Logs)
                         }
                     };
                     drop(part);
@@ -321,7 +393,7 @@ pub async fn run(
                         &pass_through,
                         part_records,
                         &retry,
-                        spool,
+                        spool.map(|s| (s, what)),
                         &stats,
                     )
                     .await;
@@ -338,7 +410,7 @@ pub async fn run(
     }
     while tasks.join_next().await.is_some() {}
     let _ = stop_replay.send(true);
-    if let Some(replay) = replay {
+    for replay in replays {
         let _ = replay.await;
     }
 }
@@ -513,7 +585,7 @@ async fn send_with_retry(
     pass_through: &PassThrough,
     spans: u64,
     retry: &Retry,
-    spool: Option<&Spool>,
+    spool: Option<(&Spool, Spooling)>,
     stats: &Stats,
 ) -> Outcome {
     let start = Instant::now();
@@ -525,11 +597,11 @@ async fn send_with_retry(
                 // The spool keeps request bodies only: a request with pass-through headers
                 // is retried in memory, so it is never replayed without its client's headers
                 // (and no credential is written to disk).
-                if let Some(spool) = spool.filter(|_| pass_through.is_empty()) {
+                if let Some((spool, what)) = spool.filter(|_| pass_through.is_empty()) {
                     match spool.push(&body, spans) {
                         Ok(()) => {
-                            stats.spooled_spans.fetch_add(spans as i64, Relaxed);
-                            tracing::warn!(error = %err, spans, "export failed; batch spooled to disk for replay");
+                            what.spooled(stats, spans);
+                            tracing::warn!(error = %err, records = spans, signal = ?what, "export failed; batch spooled to disk for replay");
                             return Outcome::Spooled;
                         }
                         Err(e) => tracing::warn!(error = %e, "cannot spool; retrying in memory"),
@@ -567,6 +639,7 @@ async fn replay(
     retry: Retry,
     stats: Arc<Stats>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    what: Spooling,
 ) {
     let mut delay = retry.initial;
     loop {
@@ -576,15 +649,13 @@ async fn replay(
                 Err(e) => {
                     tracing::error!(error = %e, "unreadable spool file dropped");
                     spool.remove(&item);
-                    stats.spooled_spans.fetch_sub(item.spans as i64, Relaxed);
-                    stats.drop_spans(DropReason::ExportFailed, item.spans);
+                    what.failed(&stats, item.spans);
                     Duration::ZERO
                 }
                 Ok(body) => match sink.send(Bytes::from(body), &PassThrough::NONE).await {
                     Ok(()) => {
                         spool.remove(&item);
-                        stats.spooled_spans.fetch_sub(item.spans as i64, Relaxed);
-                        stats.spans_exported.fetch_add(item.spans, Relaxed);
+                        what.delivered(&stats, item.spans);
                         delay = retry.initial;
                         Duration::ZERO
                     }
@@ -594,10 +665,9 @@ async fn replay(
                         wait
                     }
                     Err(err) => {
-                        tracing::error!(error = %err, spans = item.spans, "spooled batch refused permanently; dropped");
+                        tracing::error!(error = %err, records = item.spans, signal = ?what, "spooled batch refused permanently; dropped");
                         spool.remove(&item);
-                        stats.spooled_spans.fetch_sub(item.spans as i64, Relaxed);
-                        stats.drop_spans(DropReason::ExportFailed, item.spans);
+                        what.failed(&stats, item.spans);
                         Duration::ZERO
                     }
                 },
