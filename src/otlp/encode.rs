@@ -310,7 +310,7 @@ fn write_annotated(
 
 /// The annotations a log record gets: `(sample rate, rule)`, each only when written. Log
 /// records without a trace pass through unchanged unless they were sampled.
-fn log_annotations<'d>(decision: &'d Decision) -> (Option<i64>, Option<&'d str>) {
+fn log_annotations(decision: &Decision) -> (Option<i64>, Option<&str>) {
     if &*decision.rule == UNTRACED_RULE {
         (
             (decision.sample_rate > 1).then_some(decision.sample_rate as i64),
