@@ -535,6 +535,8 @@ pub struct MetricsRequest {
     pub points: u64,
     /// The `[export] pass_through_headers` the request carried.
     pub pass_through: PassThrough,
+    /// Its data points per tenant, for the per-tenant delivered and dropped counts.
+    pub tenants: Vec<(TenantId, u64)>,
 }
 
 /// Where receive hands metrics requests: a bounded queue that refuses when full, so the

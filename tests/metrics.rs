@@ -433,3 +433,71 @@ async fn metrics_refused_by_the_backend_wait_in_the_spool_and_arrive_once_it_is_
     }
     stop(proxy).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_points_are_counted_per_tenant_as_received_and_delivered() {
+    let backend = RecordingBackend::start().await;
+    let proxy = TailsiftProcess::start_with_rules(backend.grpc_addr(), KEEP_ALL_RULES).await;
+    let mut acme = metrics_request("acme-svc");
+    acme.resource_metrics[0]
+        .resource
+        .as_mut()
+        .unwrap()
+        .attributes
+        .push(kv_str("tenant.id", "acme"));
+    send_metrics_grpc(proxy.grpc, acme).await.expect("accepted");
+    // No tenant attribute: the tenant header names it.
+    let reply = send_metrics_http_with_tenant(proxy.http, "globex", metrics_request("g")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    backend.wait_for_metrics(2, WAIT).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let list: serde_json::Value = serde_json::from_str(
+            &http_get(proxy.admin, "/api/v1/tenants?window=all")
+                .await
+                .text(),
+        )
+        .expect("json");
+        let row = |tenant: &str, field: &str| {
+            list["tenants"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|t| t["tenant"] == tenant)
+                .and_then(|t| t[field].as_u64())
+                .unwrap_or(0)
+        };
+        let got = [
+            row("acme", "metric_points_received"),
+            row("acme", "metric_points_exported"),
+            row("globex", "metric_points_received"),
+            row("globex", "metric_points_exported"),
+        ];
+        if got == [6, 6, 6, 6] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "per-tenant metric points {got:?}:\n{list:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop(proxy).await;
+}
+
+async fn send_metrics_http_with_tenant(
+    http: std::net::SocketAddr,
+    tenant: &str,
+    request: ExportMetricsServiceRequest,
+) -> HttpReply {
+    send_http_raw(
+        http,
+        "/v1/metrics",
+        &[
+            ("content-type", "application/x-protobuf"),
+            ("x-tenant-id", tenant),
+        ],
+        Bytes::from(request.encode_to_vec()),
+    )
+    .await
+}

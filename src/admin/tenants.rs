@@ -66,7 +66,7 @@ pub struct TenantApi {
 }
 
 /// Numeric fields of a tenant row that add up across nodes.
-const SUMMED: [&str; 15] = [
+const SUMMED: [&str; 17] = [
     "traces_received",
     "traces_decided",
     "traces_kept",
@@ -82,6 +82,8 @@ const SUMMED: [&str; 15] = [
     "logs_exported",
     "logs_dropped",
     "metric_points_received",
+    "metric_points_exported",
+    "metric_points_dropped",
 ];
 
 /// One node's totals over every tenant of its list (the summed fields), for the dashboard's
@@ -260,6 +262,8 @@ fn row(tenant: &str, c: &Counts) -> serde_json::Map<String, Value> {
         "logs_exported": c.logs_exported,
         "logs_dropped": c.logs_dropped,
         "metric_points_received": c.metric_points_received,
+        "metric_points_exported": c.metric_points_exported,
+        "metric_points_dropped": c.metric_points_dropped,
         "trace_keep_rate": rate(c.trace_keep_rate()),
         "span_keep_rate": rate(c.span_keep_rate()),
         "top_rules": rules_json(c, TOP_RULES),

@@ -16,6 +16,7 @@ use super::spool::Spool;
 use super::{jitter, spawn_replay, Retry, Spooling};
 use crate::config::ExportConfig;
 use crate::model::{DropReason, MetricsRequest, MetricsSink};
+use crate::stats::tenant::{unix_now, Counts};
 use crate::stats::Stats;
 
 /// The metrics queue's intake, handed to receive.
@@ -111,7 +112,8 @@ pub async fn run(
             (sink.clone(), stats.clone(), retry.clone(), spool.clone());
         tasks.spawn(async move {
             let len = request.body.len() as i64;
-            match send_with_retry(&sink, &request, &retry, spool.as_deref(), &stats).await {
+            let outcome = send_with_retry(&sink, &request, &retry, spool.as_deref(), &stats).await;
+            match outcome {
                 Sent::Delivered => {
                     stats
                         .metric_points_exported
@@ -120,6 +122,7 @@ pub async fn run(
                 Sent::Spooled => {}
                 Sent::Failed => stats.drop_metric_points(DropReason::ExportFailed, request.points),
             }
+            count_per_tenant(&stats, &request, &outcome);
             stats.metrics_queue_bytes.fetch_sub(len, Relaxed);
             stats
                 .metrics_queue_points
@@ -131,6 +134,29 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
     if let Some(replay) = replay {
         let _ = replay.await;
+    }
+}
+
+/// Counts a request's points per tenant as delivered or dropped (a spooled request is
+/// attributed to no tenant when replayed, as for traces).
+fn count_per_tenant(stats: &Stats, request: &MetricsRequest, outcome: &Sent) {
+    let counts: Vec<_> = request
+        .tenants
+        .iter()
+        .filter_map(|(tenant, n)| {
+            let mut c = Counts::default();
+            match outcome {
+                Sent::Delivered => c.metric_points_exported = *n,
+                Sent::Failed => c.metric_points_dropped = *n,
+                Sent::Spooled => return None,
+            }
+            Some((tenant, c))
+        })
+        .collect();
+    if !counts.is_empty() {
+        stats
+            .tenants
+            .add_all(unix_now(), counts.iter().map(|(t, c)| (*t, c)));
     }
 }
 

@@ -233,37 +233,42 @@ impl Receiver {
                 "metrics are not exported by this proxy".into(),
             ));
         };
+        let mut tenants: Vec<(TenantId, u64)> = Vec::new();
+        for (named, n) in by_resource {
+            let tenant = match (&key_tenant, named) {
+                (Some(key), _) => key.clone(),
+                (None, Some(name)) => TenantId::new(&name),
+                (None, None) => header_tenant
+                    .clone()
+                    .unwrap_or_else(|| self.options.default_tenant.clone()),
+            };
+            match tenants.iter_mut().find(|(t, _)| *t == tenant) {
+                Some((_, total)) => *total += n,
+                None => tenants.push((tenant, n)),
+            }
+        }
         let request = MetricsRequest {
             body,
             points,
             pass_through,
+            tenants: tenants.clone(),
         };
         match sink.try_submit(request) {
             Ok(()) => {
                 self.stats.metric_points_received.fetch_add(points, Relaxed);
-                let mut per_tenant: Vec<(TenantId, crate::stats::tenant::Counts)> = Vec::new();
-                for (named, n) in by_resource {
-                    let tenant = match (&key_tenant, named) {
-                        (Some(key), _) => key.clone(),
-                        (None, Some(name)) => TenantId::new(&name),
-                        (None, None) => header_tenant
-                            .clone()
-                            .unwrap_or_else(|| self.options.default_tenant.clone()),
-                    };
-                    match per_tenant.iter_mut().find(|(t, _)| *t == tenant) {
-                        Some((_, c)) => c.metric_points_received += n,
-                        None => per_tenant.push((
-                            tenant,
-                            crate::stats::tenant::Counts {
-                                metric_points_received: n,
-                                ..Default::default()
-                            },
-                        )),
-                    }
-                }
+                let counts: Vec<(TenantId, crate::stats::tenant::Counts)> = tenants
+                    .into_iter()
+                    .map(|(tenant, n)| {
+                        let c = crate::stats::tenant::Counts {
+                            metric_points_received: n,
+                            ..Default::default()
+                        };
+                        (tenant, c)
+                    })
+                    .collect();
                 self.stats.tenants.add_all(
                     crate::stats::tenant::unix_now(),
-                    per_tenant.iter().map(|(t, c)| (t, c)),
+                    counts.iter().map(|(t, c)| (t, c)),
                 );
                 Ok(points)
             }

@@ -90,6 +90,10 @@ pub struct Counts {
     pub logs_dropped: u64,
     /// Metric data points accepted (passed through).
     pub metric_points_received: u64,
+    /// Metric data points delivered to the backend.
+    pub metric_points_exported: u64,
+    /// Metric data points not delivered.
+    pub metric_points_dropped: u64,
     /// Per deciding rule.
     pub rules: Vec<RuleCounts>,
 }
@@ -114,6 +118,8 @@ impl Counts {
         self.logs_exported += other.logs_exported;
         self.logs_dropped += other.logs_dropped;
         self.metric_points_received += other.metric_points_received;
+        self.metric_points_exported += other.metric_points_exported;
+        self.metric_points_dropped += other.metric_points_dropped;
         for r in &other.rules {
             let mine = self.rule_mut(&r.rule);
             mine.traces_decided += r.traces_decided;
@@ -521,7 +527,7 @@ impl TenantTable {
         let mut tenants = self.snapshot(Window::SinceStart, 0);
         tenants.sort_by(|a, b| a.0.cmp(&b.0));
         type Get = fn(&Counts) -> u64;
-        let simple: [(&str, &str, Get); 12] = [
+        let simple: [(&str, &str, Get); 14] = [
             (
                 "tailsift_tenant_traces_received_total",
                 "Traces first seen, per tenant",
@@ -581,6 +587,16 @@ impl TenantTable {
                 "tailsift_tenant_metric_points_received_total",
                 "Metric data points accepted, per tenant",
                 |c| c.metric_points_received,
+            ),
+            (
+                "tailsift_tenant_metric_points_exported_total",
+                "Metric data points delivered to the backend, per tenant",
+                |c| c.metric_points_exported,
+            ),
+            (
+                "tailsift_tenant_metric_points_dropped_total",
+                "Metric data points not delivered, per tenant",
+                |c| c.metric_points_dropped,
             ),
         ];
         for (name, help, get) in simple {
