@@ -404,7 +404,6 @@ impl Receiver {
             .tenant_overridden
             .fetch_add(ingested.tenant_overridden, Relaxed);
         // Records without a trace go first: refused there, nothing of the request is held.
-        let untraced_n = untraced.len() as u64;
         if !untraced.is_empty() {
             self.pass_untraced(untraced)?;
         }
@@ -417,10 +416,7 @@ impl Receiver {
             Ok(()) => {
                 match kind {
                     RecordKind::Span => self.stats.spans_received.fetch_add(n, Relaxed),
-                    RecordKind::Log => self
-                        .stats
-                        .log_records_received
-                        .fetch_add(n + untraced_n, Relaxed),
+                    RecordKind::Log => self.stats.log_records_received.fetch_add(n, Relaxed),
                 };
                 if ingested.rejected > 0 {
                     match kind {
@@ -455,13 +451,8 @@ impl Receiver {
             }
             Err(e @ (RouteError::Full | RouteError::PeerFull(_) | RouteError::Closed)) => {
                 self.stats.requests_refused.fetch_add(1, Relaxed);
-                // The untraced records already went to export: they are counted as received
+                // The untraced records already went to export and are counted as received
                 // (a retry sends them again, as OTLP's at-least-once delivery allows).
-                if untraced_n > 0 {
-                    self.stats
-                        .log_records_received
-                        .fetch_add(untraced_n, Relaxed);
-                }
                 Err(ReceiveError::Unavailable(e.to_string()))
             }
         }
@@ -479,55 +470,61 @@ impl Receiver {
         let rate = self.untraced_sample_rate;
         let total = records.len() as u64;
         let first = self.untraced_seen.fetch_add(total, Relaxed);
-        let kept: Vec<SpanRecord> = if rate == 1 {
-            records
-        } else {
-            records
-                .into_iter()
-                .enumerate()
-                .filter(|(i, _)| (first + *i as u64) % rate == 0)
-                .map(|(_, r)| r)
-                .collect()
-        };
-        let dropped = total - kept.len() as u64;
-        let mut by_tenant: Vec<(TenantId, Vec<SpanRecord>)> = Vec::new();
-        for record in kept {
-            match by_tenant
-                .iter_mut()
-                .find(|(t, _)| *t == record.origin.tenant)
+        // Per tenant: the records kept (1 in `rate` by arrival order) and how many were not.
+        let mut by_tenant: Vec<(TenantId, Vec<SpanRecord>, u64)> = Vec::new();
+        for (i, record) in records.into_iter().enumerate() {
+            let keep = rate == 1 || (first + i as u64) % rate == 0;
+            let slot = match by_tenant
+                .iter()
+                .position(|(t, _, _)| *t == record.origin.tenant)
             {
-                Some((_, v)) => v.push(record),
-                None => by_tenant.push((record.origin.tenant.clone(), vec![record])),
+                Some(j) => j,
+                None => {
+                    by_tenant.push((record.origin.tenant.clone(), Vec::new(), 0));
+                    by_tenant.len() - 1
+                }
+            };
+            if keep {
+                by_tenant[slot].1.push(record);
+            } else {
+                by_tenant[slot].2 += 1;
             }
         }
         let now = crate::stats::tenant::unix_now();
         let decision = untraced_decision(rate);
-        // All-or-nothing per request is not possible across tenants once one part is queued;
-        // a refused part is counted as refused and the client retries the whole request.
-        for (tenant, records) in by_tenant {
+        // Each tenant's part is counted once it is queued (or sampled out): when a later part
+        // is refused, the client retries the whole request, and the earlier parts stay
+        // counted as received (OTLP delivery is at least once).
+        for (tenant, records, dropped) in by_tenant {
             let n = records.len() as u64;
-            let kept = KeptSpans {
-                tenant: tenant.clone(),
-                decision: decision.clone(),
-                spans: records,
-            };
-            if sink.try_submit(kept).is_err() {
-                self.stats.requests_refused.fetch_add(1, Relaxed);
-                return Err(ReceiveError::Unavailable(
-                    "the export queue is full (the backend is slow or down); retry later".into(),
-                ));
+            if n > 0 {
+                let kept = KeptSpans {
+                    tenant: tenant.clone(),
+                    decision: decision.clone(),
+                    spans: records,
+                };
+                if sink.try_submit(kept).is_err() {
+                    self.stats.requests_refused.fetch_add(1, Relaxed);
+                    return Err(ReceiveError::Unavailable(
+                        "the export queue is full (the backend is slow or down); retry later"
+                            .into(),
+                    ));
+                }
             }
+            let part = n + dropped;
+            self.stats.log_records_received.fetch_add(part, Relaxed);
+            self.stats.log_records_untraced.fetch_add(part, Relaxed);
             self.stats.log_records_kept.fetch_add(n, Relaxed);
-            let mut c = crate::stats::tenant::Counts {
+            if dropped > 0 {
+                self.stats.drop_log_records(DropReason::Sampled, dropped);
+            }
+            let c = crate::stats::tenant::Counts {
+                logs_received: part,
                 logs_kept: n,
+                logs_dropped: dropped,
                 ..Default::default()
             };
-            c.logs_received = n;
             self.stats.tenants.add(&tenant, now, &c);
-        }
-        self.stats.log_records_untraced.fetch_add(total, Relaxed);
-        if dropped > 0 {
-            self.stats.drop_log_records(DropReason::Sampled, dropped);
         }
         Ok(())
     }
