@@ -1,11 +1,15 @@
-//! `tailsift-loadgen`: a reproducible OTLP trace workload (`gen`), a counting OTLP/gRPC sink
-//! (`sink`) and a zero-loss / completeness checker (`check`) for benchmarking tailsift against
-//! other proxies. See `scripts/bench.sh` and `BENCHMARKS.md` in the repository root.
+//! `tailsift-loadgen`: a reproducible OTLP workload (`gen`: traces, logs held with their
+//! traces or without trace ids, metrics), a counting OTLP/gRPC sink for all three signals
+//! (`sink`) and a zero-loss / completeness checker for traces (`check`) for benchmarking
+//! tailsift against other proxies. See `scripts/bench.sh`, `scripts/bench-signals.sh` and
+//! `BENCHMARKS.md` in the repository root.
 
 mod check;
 mod gen;
 mod grpc;
 mod ids;
+mod logs;
+mod metrics;
 mod sink;
 mod util;
 mod wire;
@@ -47,9 +51,27 @@ enum Command {
         /// comma-separated, spread the connections over them (a cluster behind a balancer).
         #[arg(long)]
         target: String,
-        /// Offered load; 0 = as fast as the target acknowledges.
-        #[arg(long, default_value_t = 100_000)]
+        /// Offered load; 0 = as fast as the target acknowledges. Spans/s for traces and for
+        /// logs with their traces (log records come on top, one per span), log records/s
+        /// with --untraced-logs, data points/s for metrics.
+        #[arg(long, visible_alias = "rate", default_value_t = 100_000)]
         spans_per_sec: u64,
+        /// What to send: traces; logs (the traces plus one log record per span carrying its
+        /// trace and span id, on LogsService/Export after each trace request); metrics.
+        #[arg(long, value_enum, default_value = "traces")]
+        signal: grpc::Signal,
+        /// With --signal logs: send only log records without trace ids (no traces).
+        #[arg(long)]
+        untraced_logs: bool,
+        /// With --signal metrics: data points per request.
+        #[arg(long, default_value_t = 500)]
+        metric_points_per_request: u32,
+        /// With --signal metrics: resources (processes of a tenant) per request.
+        #[arg(long, default_value_t = 5)]
+        metric_resources: u32,
+        /// With --signal metrics: distinct requests in a round (sent over and over).
+        #[arg(long, default_value_t = 64)]
+        metric_requests: u32,
         #[arg(long, default_value = "10s", value_parser = util::parse_duration)]
         duration: std::time::Duration,
         /// Requests in flight (one connection each).
@@ -138,6 +160,11 @@ fn main() -> ExitCode {
             concurrency,
             seed,
             http,
+            signal,
+            untraced_logs,
+            metric_points_per_request,
+            metric_resources,
+            metric_requests,
             timeout,
             tenants,
             round_traces,
@@ -155,6 +182,16 @@ fn main() -> ExitCode {
                 http,
                 timeout,
                 report_file,
+                signal,
+                untraced_logs,
+                metric_params: metrics::MetricParams {
+                    seed,
+                    tenants,
+                    zipf_s,
+                    requests: metric_requests,
+                    points_per_request: metric_points_per_request,
+                    resources_per_request: metric_resources,
+                },
                 params: workload::Params {
                     seed,
                     tenants,

@@ -1,5 +1,8 @@
 //! The counting sink: an OTLP/gRPC server that accepts every export and counts spans per
 //! trace, per tenant and per `tailsift.rule`, scanning the protobuf bytes instead of decoding.
+//! It serves `LogsService` and `MetricsService` too and counts log records (with one of the
+//! generator's trace ids, without any, or foreign; per tenant and per rule) and metric data
+//! points (per kind and per tenant).
 //!
 //! Spans of the generator's traces are counted in a flat array indexed by the global trace
 //! number encoded in the trace id (see `ids`); anything else is "foreign". On SIGTERM/SIGINT
@@ -19,7 +22,9 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use tonic::Status;
 
-use crate::grpc::{ExportHandler, ExportService};
+use crate::grpc::{
+    ExportHandler, ExportService, LogsServiceKind, MetricsServiceKind, Signal, TraceServiceKind,
+};
 use crate::ids;
 use crate::util::base64_encode;
 use crate::wire::{self, Reader, Value as WireValue, LEN};
@@ -61,6 +66,109 @@ struct Counts {
     decode_errors: u64,
     first: Option<Instant>,
     last: Option<Instant>,
+    logs: LogCounts,
+    metrics: MetricCounts,
+}
+
+#[derive(Default)]
+struct LogCounts {
+    requests: u64,
+    bytes: u64,
+    records: u64,
+    /// Records with one of the generator's trace ids.
+    traced: u64,
+    /// Records without a trace id (absent, empty or all zero).
+    untraced: u64,
+    /// Records with a trace id that is not the generator's.
+    foreign: u64,
+    /// Records at ERROR or above (severity number ≥ 17).
+    errors: u64,
+    without_rule: u64,
+    without_sample_rate: u64,
+    tenants: HashMap<Vec<u8>, u64>,
+    rules: HashMap<Vec<u8>, u64>,
+}
+
+#[derive(Default)]
+struct MetricCounts {
+    requests: u64,
+    bytes: u64,
+    metrics: u64,
+    points: u64,
+    by_kind: [u64; 5],
+    tenants: HashMap<Vec<u8>, u64>,
+}
+
+/// What one log record contributes.
+struct LogFacts<'a> {
+    tenant: &'a [u8],
+    trace: LogTrace,
+    error: bool,
+    rule: Option<&'a [u8]>,
+    sample_rate: bool,
+}
+
+#[derive(Clone, Copy)]
+enum LogTrace {
+    Ours,
+    None,
+    Foreign,
+}
+
+fn scan_logs(req: &[u8]) -> anyhow::Result<Vec<LogFacts<'_>>> {
+    let mut out = Vec::with_capacity(512);
+    wire::for_each_span(req, TENANT_KEY.as_bytes(), |view| {
+        let mut r = Reader::new(view.bytes);
+        let mut facts = LogFacts {
+            tenant: view.tenant,
+            trace: LogTrace::None,
+            error: false,
+            rule: None,
+            sample_rate: false,
+        };
+        while let Some((field, w)) = r.key()? {
+            match (field, w) {
+                (2, wire::VARINT) => facts.error = r.varint()? >= 17,
+                (9, LEN) => {
+                    let id = r.bytes()?;
+                    facts.trace = if id.is_empty() || id.iter().all(|&b| b == 0) {
+                        LogTrace::None
+                    } else if ids::trace_number(id).is_some() {
+                        LogTrace::Ours
+                    } else {
+                        LogTrace::Foreign
+                    };
+                }
+                (6, LEN) => {
+                    let kv = r.bytes()?;
+                    let k = wire::key_of(kv)?;
+                    if k == RULE_KEY {
+                        if let (_, WireValue::Str(s)) = wire::key_value(kv)? {
+                            facts.rule = Some(s);
+                        }
+                    } else if k == SAMPLE_RATE_KEY {
+                        facts.sample_rate = true;
+                    }
+                }
+                _ => r.skip(w)?,
+            }
+        }
+        out.push(facts);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// (tenant, metric kind, points) of every metric in a metrics request.
+fn scan_metrics(req: &[u8]) -> anyhow::Result<Vec<(&[u8], usize, u64)>> {
+    let mut out = Vec::with_capacity(64);
+    wire::for_each_span(req, TENANT_KEY.as_bytes(), |view| {
+        if let Some((kind, n)) = wire::metric_points(view.bytes)? {
+            out.push((view.tenant, kind, n));
+        }
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 pub struct Sink {
@@ -126,7 +234,103 @@ fn scan(req: &[u8]) -> anyhow::Result<Vec<SpanFacts<'_>>> {
 }
 
 impl ExportHandler for Sink {
-    fn export(&self, request: Bytes) -> Result<(), Status> {
+    fn export(&self, signal: Signal, request: Bytes) -> Result<(), Status> {
+        match signal {
+            Signal::Traces => self.export_traces(request),
+            Signal::Logs => self.export_logs(request),
+            Signal::Metrics => self.export_metrics(request),
+        }
+    }
+}
+
+fn undecodable(e: anyhow::Error) -> Status {
+    Status::invalid_argument(format!("undecodable request: {e}"))
+}
+
+impl Sink {
+    fn export_logs(&self, request: Bytes) -> Result<(), Status> {
+        let now = Instant::now();
+        let facts = scan_logs(&request);
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        c.first.get_or_insert(now);
+        c.last = Some(now);
+        let facts = match facts {
+            Ok(f) => f,
+            Err(e) => {
+                c.decode_errors += 1;
+                return Err(undecodable(e));
+            }
+        };
+        let l = &mut c.logs;
+        l.requests += 1;
+        l.bytes += request.len() as u64;
+        l.records += facts.len() as u64;
+        let mut last_tenant: Option<&[u8]> = None;
+        let mut run = 0u64;
+        for f in &facts {
+            match f.trace {
+                LogTrace::Ours => l.traced += 1,
+                LogTrace::None => l.untraced += 1,
+                LogTrace::Foreign => l.foreign += 1,
+            }
+            l.errors += u64::from(f.error);
+            l.without_sample_rate += u64::from(!f.sample_rate);
+            match f.rule {
+                Some(rule) => match l.rules.get_mut(rule) {
+                    Some(n) => *n += 1,
+                    None => {
+                        l.rules.insert(rule.to_vec(), 1);
+                    }
+                },
+                None => l.without_rule += 1,
+            }
+            // Records of one resource are adjacent: add them to their tenant per run.
+            if last_tenant != Some(f.tenant) {
+                if let Some(t) = last_tenant {
+                    *l.tenants.entry(t.to_vec()).or_default() += run;
+                }
+                last_tenant = Some(f.tenant);
+                run = 0;
+            }
+            run += 1;
+        }
+        if let Some(t) = last_tenant {
+            *l.tenants.entry(t.to_vec()).or_default() += run;
+        }
+        Ok(())
+    }
+
+    fn export_metrics(&self, request: Bytes) -> Result<(), Status> {
+        let now = Instant::now();
+        let facts = scan_metrics(&request);
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        c.first.get_or_insert(now);
+        c.last = Some(now);
+        let facts = match facts {
+            Ok(f) => f,
+            Err(e) => {
+                c.decode_errors += 1;
+                return Err(undecodable(e));
+            }
+        };
+        let m = &mut c.metrics;
+        m.requests += 1;
+        m.bytes += request.len() as u64;
+        m.metrics += facts.len() as u64;
+        for &(tenant, kind, n) in &facts {
+            m.points += n;
+            m.by_kind[kind] += n;
+            match m.tenants.get_mut(tenant) {
+                Some(t) => *t += n,
+                None => {
+                    m.tenants.insert(tenant.to_vec(), n);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn export_traces(&self, request: Bytes) -> Result<(), Status> {
         let now = Instant::now();
         let facts = scan(&request);
         let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
@@ -202,6 +406,12 @@ impl ExportHandler for Sink {
     }
 }
 
+fn names(map: &HashMap<Vec<u8>, u64>) -> serde_json::Map<String, Value> {
+    map.iter()
+        .map(|(k, n)| (String::from_utf8_lossy(k).into_owned(), json!(n)))
+        .collect()
+}
+
 impl Sink {
     fn report(&self, addr: SocketAddr) -> Value {
         let c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
@@ -246,6 +456,30 @@ impl Sink {
             "rules": rules,
             "trace_spans_len": len,
             "trace_spans_b64": base64_encode(&c.trace_spans[..len]),
+            "log_records": c.logs.records,
+            "metric_points": c.metrics.points,
+            "logs": {
+                "requests": c.logs.requests,
+                "bytes": c.logs.bytes,
+                "records": c.logs.records,
+                "traced": c.logs.traced,
+                "untraced": c.logs.untraced,
+                "foreign": c.logs.foreign,
+                "error_records": c.logs.errors,
+                "records_without_rule": c.logs.without_rule,
+                "records_without_sample_rate": c.logs.without_sample_rate,
+                "tenants": names(&c.logs.tenants),
+                "rules": names(&c.logs.rules),
+            },
+            "metrics": {
+                "requests": c.metrics.requests,
+                "bytes": c.metrics.bytes,
+                "metrics": c.metrics.metrics,
+                "points": c.metrics.points,
+                "points_by_kind": wire::POINT_KINDS.iter().zip(c.metrics.by_kind)
+                    .map(|(k, n)| (k.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+                "tenants": names(&c.metrics.tenants),
+            },
         })
     }
 }
@@ -260,13 +494,27 @@ pub async fn run(args: SinkArgs) -> Result<()> {
     });
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let service = ExportService::new(sink.clone(), 256 << 20);
-    let gzip_requests = service.gzip_requests.clone();
+    let gzip_requests: Arc<std::sync::atomic::AtomicU64> = Default::default();
+    let max = 256 << 20;
     let server = tonic::transport::Server::builder()
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(32 << 20)
         .max_frame_size(1 << 20)
-        .add_service(service)
+        .add_service(ExportService::<_, TraceServiceKind>::new(
+            sink.clone(),
+            max,
+            gzip_requests.clone(),
+        ))
+        .add_service(ExportService::<_, LogsServiceKind>::new(
+            sink.clone(),
+            max,
+            gzip_requests.clone(),
+        ))
+        .add_service(ExportService::<_, MetricsServiceKind>::new(
+            sink.clone(),
+            max,
+            gzip_requests.clone(),
+        ))
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
         });
@@ -282,7 +530,13 @@ pub async fn run(args: SinkArgs) -> Result<()> {
             loop {
                 tick.tick().await;
                 let c = sink.counts.lock().unwrap_or_else(|e| e.into_inner());
-                eprintln!("sink progress requests={} spans={}", c.requests, c.spans);
+                eprintln!(
+                    "sink progress requests={} spans={} log_records={} metric_points={}",
+                    c.requests + c.logs.requests + c.metrics.requests,
+                    c.spans,
+                    c.logs.records,
+                    c.metrics.points
+                );
             }
         });
     }
@@ -295,8 +549,13 @@ pub async fn run(args: SinkArgs) -> Result<()> {
     let mut report = sink.report(addr);
     report["gzip_requests"] = json!(gzip_requests.load(std::sync::atomic::Ordering::Relaxed));
     eprintln!(
-        "sink done: requests={} spans={} traces={} foreign_spans={}",
-        report["requests"], report["spans"], report["traces"], report["foreign_spans"]
+        "sink done: requests={} spans={} traces={} foreign_spans={} log_records={} metric_points={}",
+        report["requests"],
+        report["spans"],
+        report["traces"],
+        report["foreign_spans"],
+        report["log_records"],
+        report["metric_points"]
     );
     if let Some(path) = args.report_file {
         let tmp = path.with_extension("tmp");

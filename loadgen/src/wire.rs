@@ -1,9 +1,15 @@
-//! Just enough protobuf to walk OTLP trace requests without decoding them: a bounds-checked
-//! reader, and a visitor that yields each span's bytes with its resource's tenant.
+//! Just enough protobuf to walk OTLP requests without decoding them: a bounds-checked reader,
+//! and a visitor that yields each span's bytes with its resource's tenant.
+//!
+//! The three OTLP export requests share one container shape (field 1 of the request: the
+//! resource container; in it field 1 the resource, field 2 the scope containers; in those
+//! field 1 the scope, field 2 the items), so the same visitor yields a traces request's spans,
+//! a logs request's log records and a metrics request's `Metric`s.
 //!
 //! Used twice: to find where the ids sit in the pre-encoded request templates (so the
-//! generator can patch fresh ids into copies), and by the sink to count spans per trace and
-//! read the two attributes the proxy adds, at a fraction of a full decode's cost.
+//! generator can patch fresh ids into copies), and by the sink to count spans per trace, log
+//! records and metric data points and read the two attributes the proxy adds, at a fraction of
+//! a full decode's cost.
 
 use anyhow::{bail, Result};
 
@@ -166,7 +172,9 @@ pub struct SpanView<'a> {
     pub bytes: &'a [u8],
 }
 
-/// Calls `f` for every span of an `ExportTraceServiceRequest`, in wire order.
+/// Calls `f` for every span of an `ExportTraceServiceRequest`, in wire order (or every log
+/// record of an `ExportLogsServiceRequest`, every `Metric` of an
+/// `ExportMetricsServiceRequest`: the containers have the same field numbers).
 pub fn for_each_span<'a>(
     req: &'a [u8],
     tenant_key: &[u8],
@@ -246,6 +254,69 @@ pub fn id_offsets(span: &[u8]) -> Result<[Option<(usize, usize)>; 3]> {
             }
             None => r.skip(wire)?,
         }
+    }
+    Ok(out)
+}
+
+/// Offsets (within the log record bytes) of the values of fields trace_id (9) and span_id
+/// (10); `None` for an absent field.
+pub fn log_id_offsets(record: &[u8]) -> Result<[Option<(usize, usize)>; 2]> {
+    let mut out = [None; 2];
+    let mut r = Reader::new(record);
+    while let Some((field, wire)) = r.key()? {
+        let slot = match (field, wire) {
+            (9, LEN) => Some(0),
+            (10, LEN) => Some(1),
+            _ => None,
+        };
+        match slot {
+            Some(i) => {
+                let v = r.bytes()?;
+                out[i] = Some((offset_in(record, v), v.len()));
+            }
+            None => r.skip(wire)?,
+        }
+    }
+    Ok(out)
+}
+
+/// Kinds of metric data points, in `Metric.data`'s field order.
+pub const POINT_KINDS: [&str; 5] = [
+    "gauge",
+    "sum",
+    "histogram",
+    "exponential_histogram",
+    "summary",
+];
+
+/// The data points of one encoded `Metric`: its kind (an index into [`POINT_KINDS`]) and how
+/// many points it holds; `None` for a metric without data.
+pub fn metric_points(metric: &[u8]) -> Result<Option<(usize, u64)>> {
+    let mut r = Reader::new(metric);
+    let mut out = None;
+    while let Some((field, wire)) = r.key()? {
+        let kind = match (field, wire) {
+            (5, LEN) => 0,
+            (7, LEN) => 1,
+            (9, LEN) => 2,
+            (10, LEN) => 3,
+            (11, LEN) => 4,
+            _ => {
+                r.skip(wire)?;
+                continue;
+            }
+        };
+        // Gauge, Sum, Histogram, ExponentialHistogram and Summary all hold their points in
+        // field 1.
+        let mut d = Reader::new(r.bytes()?);
+        let mut n = 0u64;
+        while let Some((f, w)) = d.key()? {
+            if (f, w) == (1, LEN) {
+                n += 1;
+            }
+            d.skip(w)?;
+        }
+        out = Some((kind, n));
     }
     Ok(out)
 }

@@ -16,7 +16,7 @@
 //! from the seed to know which traces must have arrived whole.
 
 use anyhow::{ensure, Context, Result};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -33,15 +33,15 @@ use crate::wire;
 /// trace straddles two segments and the generator can stop without leaving traces in part.
 const SEGMENT_REQUESTS: u64 = 16;
 /// Number of service tiers (frontend → storage).
-const TIERS: usize = 5;
-const SERVICES: [[&str; 3]; TIERS] = [
+pub const TIERS: usize = 5;
+pub const SERVICES: [[&str; 3]; TIERS] = [
     ["frontend", "web-bff", "mobile-gateway"],
     ["api-gateway", "auth", "graphql"],
     ["orders", "cart", "search"],
     ["inventory", "payments", "recommendations"],
     ["postgres-proxy", "redis-cache", "kafka-producer"],
 ];
-const ROUTES: [&str; 8] = [
+pub const ROUTES: [&str; 8] = [
     "/api/v1/orders/{id}",
     "/api/v1/cart",
     "/api/v1/search",
@@ -51,7 +51,7 @@ const ROUTES: [&str; 8] = [
     "/healthz",
     "/api/v1/recommendations",
 ];
-const OPERATIONS: [&str; 8] = [
+pub const OPERATIONS: [&str; 8] = [
     "GET /api/v1/orders/{id}",
     "POST /api/v2/checkout",
     "SELECT orders",
@@ -111,10 +111,10 @@ pub fn tenant_name(t: u16) -> String {
     format!("tenant-{}", t + 1)
 }
 
-struct SpanShape {
-    tier: u8,
-    parent: Option<u8>,
-    error: bool,
+pub struct SpanShape {
+    pub tier: u8,
+    pub parent: Option<u8>,
+    pub error: bool,
 }
 
 /// One trace of the round.
@@ -124,17 +124,36 @@ pub struct TraceShape {
     pub error: bool,
     /// Indices (within the round) of the requests that carry its spans.
     pub requests: Vec<u32>,
-    service: [u8; TIERS],
-    shape: Vec<SpanShape>,
+    pub service: [u8; TIERS],
+    pub shape: Vec<SpanShape>,
 }
 
 /// Where an id goes in a template.
 #[derive(Clone, Copy)]
-struct Patch {
-    offset: u32,
-    trace: u32,
+pub struct Patch {
+    pub offset: u32,
+    pub trace: u32,
     /// Span index whose span id to write; `u8::MAX` for the trace id.
-    span: u8,
+    pub span: u8,
+}
+
+/// Writes `src` into `out` with the ids of pass `g_base` (the global number of the round's
+/// first trace in this pass) written at `patches`, in one pass: bytes up to each id, the id.
+pub fn write_patched(src: &[u8], patches: &[Patch], seed: u64, g_base: u64, out: &mut impl BufMut) {
+    let mut pos = 0usize;
+    for p in patches {
+        let g = g_base + u64::from(p.trace);
+        let at = p.offset as usize;
+        out.put_slice(&src[pos..at]);
+        if p.span == u8::MAX {
+            out.put_slice(&ids::trace_id(seed, g));
+            pos = at + 16;
+        } else {
+            out.put_slice(&ids::span_id(seed, g, u32::from(p.span)));
+            pos = at + 8;
+        }
+    }
+    out.put_slice(&src[pos..]);
 }
 
 /// One pre-encoded request.
@@ -146,6 +165,10 @@ pub struct Template {
     pub tenant_spans: Vec<(u16, u32)>,
     /// Index (within the round) of the first request of this request's segment.
     segment_first: u32,
+    /// The spans in wire order, (trace within the round, span index), grouped by resource.
+    pub members: Vec<(u32, u8)>,
+    /// The resources in wire order, (tenant, tier, service) and how many spans each holds.
+    pub resources: Vec<((u16, u8, u8), u32)>,
 }
 
 pub struct Round {
@@ -277,8 +300,9 @@ impl Round {
     }
 
     /// The bytes of global request `q`: its template with the ids of pass `q / R` patched in.
+    #[cfg(test)]
     pub fn render(&self, q: u64) -> Bytes {
-        let mut buf = BytesMut::with_capacity(self.template(q).bytes.len());
+        let mut buf = bytes::BytesMut::with_capacity(self.template(q).bytes.len());
         self.write_to(q, &mut buf);
         buf.freeze()
     }
@@ -289,22 +313,7 @@ impl Round {
         let pass = q / n;
         let t = &self.requests[(q % n) as usize];
         let g_base = pass * u64::from(self.params.round_traces);
-        let seed = self.params.seed;
-        let src = &t.bytes[..];
-        let mut pos = 0usize;
-        for p in &t.patches {
-            let g = g_base + u64::from(p.trace);
-            let at = p.offset as usize;
-            out.put_slice(&src[pos..at]);
-            if p.span == u8::MAX {
-                out.put_slice(&ids::trace_id(seed, g));
-                pos = at + 16;
-            } else {
-                out.put_slice(&ids::span_id(seed, g, u32::from(p.span)));
-                pos = at + 8;
-            }
-        }
-        out.put_slice(&src[pos..]);
+        write_patched(&t.bytes, &t.patches, self.params.seed, g_base, out);
     }
 
     pub fn request_len(&self, q: u64) -> usize {
@@ -359,7 +368,7 @@ pub fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-fn zipf_cdf(n: u32, s: f64) -> Vec<f64> {
+pub fn zipf_cdf(n: u32, s: f64) -> Vec<f64> {
     let w: Vec<f64> = (1..=n).map(|k| 1.0 / f64::from(k).powf(s)).collect();
     let total: f64 = w.iter().sum();
     let mut acc = 0.0;
@@ -428,7 +437,7 @@ fn draw_trace(rng: &mut SmallRng, zipf: &[f64], p_geo: f64, error_fraction: f64)
     }
 }
 
-fn kv_str(key: &str, v: impl Into<String>) -> KeyValue {
+pub fn kv_str(key: &str, v: impl Into<String>) -> KeyValue {
     KeyValue {
         key: key.to_string(),
         key_strindex: 0,
@@ -438,7 +447,7 @@ fn kv_str(key: &str, v: impl Into<String>) -> KeyValue {
     }
 }
 
-fn kv_int(key: &str, v: i64) -> KeyValue {
+pub fn kv_int(key: &str, v: i64) -> KeyValue {
     KeyValue {
         key: key.to_string(),
         key_strindex: 0,
@@ -448,7 +457,7 @@ fn kv_int(key: &str, v: i64) -> KeyValue {
     }
 }
 
-fn resource(tenant: u16, tier: usize, service: u8) -> Resource {
+pub fn resource(tenant: u16, tier: usize, service: u8) -> Resource {
     let name = SERVICES[tier][service as usize];
     Resource {
         attributes: vec![
@@ -626,6 +635,8 @@ fn encode_request(
         spans: ordered.len() as u32,
         tenant_spans,
         segment_first: 0,
+        members: ordered,
+        resources: groups.iter().map(|g| (g.0, g.1.len() as u32)).collect(),
     })
 }
 
