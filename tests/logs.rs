@@ -369,6 +369,74 @@ async fn json_and_gzip_logs_are_accepted_and_a_malformed_trace_id_refuses_only_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_exporter_writes_kept_logs_as_otlp_json_lines_to_the_default_logs_path() {
+    let backend_addr = "127.0.0.1:9".parse().expect("addr");
+    let mut proxy = TailsiftProcess::start_with_rules_and(backend_addr, ACME_ONLY_RULES, |c| {
+        c.replace("kind = \"otlp_grpc\"", "kind = \"file\"")
+    })
+    .await;
+    let kept = trace_id_from_seed(501);
+    let dropped = trace_id_from_seed(502);
+    send_logs_grpc(
+        proxy.grpc,
+        logs_request(
+            "acme",
+            vec![
+                log_record(&kept, "kept to file", 1),
+                log_record(&[], "untraced to file", 2),
+            ],
+        ),
+    )
+    .await
+    .expect("logs accepted");
+    send_logs_grpc(
+        proxy.grpc,
+        logs_request("globex", vec![log_record(&dropped, "never written", 3)]),
+    )
+    .await
+    .expect("logs accepted");
+    send_grpc(
+        proxy.grpc,
+        make_request(vec![
+            make_trace(kept, "acme", 2, false, "/kept"),
+            make_trace(dropped, "globex", 2, false, "/dropped"),
+        ]),
+    )
+    .await
+    .expect("traces accepted");
+    wait_counter(&proxy, "tailsift_log_records_exported_total", 2).await;
+    proxy.sigterm();
+    let status = proxy.wait_exit(WAIT).await;
+    assert!(status.success(), "exit {status:?}\n{}", proxy.log());
+
+    let path = proxy.dir().join("tailsift-kept-logs.jsonl");
+    let text = std::fs::read_to_string(&path).expect("logs file written");
+    let mut records = Vec::new();
+    for line in text.lines() {
+        let req: ExportLogsServiceRequest =
+            serde_json::from_str(line).expect("each line is an OTLP/JSON logs request");
+        for rl in req.resource_logs {
+            for sl in rl.scope_logs {
+                records.extend(sl.log_records);
+            }
+        }
+    }
+    let body = |r: &LogRecord| match r.body.as_ref().and_then(|b| b.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        _ => String::new(),
+    };
+    let mut bodies: Vec<String> = records.iter().map(body).collect();
+    bodies.sort();
+    assert_eq!(bodies, ["kept to file", "untraced to file"], "{text}");
+    let traced = records
+        .iter()
+        .find(|r| r.trace_id == kept.to_vec())
+        .expect("the kept trace's log");
+    assert_eq!(attr_i64(&traced.attributes, "SampleRate"), Some(1));
+    assert_eq!(attr_str(&traced.attributes, "tailsift.rule"), Some("acme"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs trace.error_log_count (rules-logs branch)"]
 async fn an_error_log_keeps_its_trace_under_a_rule_that_asks_for_one() {
     let backend = RecordingBackend::start().await;
