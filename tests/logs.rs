@@ -437,6 +437,73 @@ async fn the_file_exporter_writes_kept_logs_as_otlp_json_lines_to_the_default_lo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_static_cluster_logs_sent_to_any_node_follow_their_trace_to_its_owner() {
+    let backend = RecordingBackend::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The decision depends on the spans: a log record decided without its trace's spans
+    // (on a node that is not the owner) would be dropped with the `rest` rule.
+    let rules = write_file(
+        dir.path(),
+        "rules.toml",
+        "[[rule]]\nname = \"errors\"\nif = 'span.status = \"error\"'\nsample_rate = 1\n\n[[rule]]\nname = \"rest\"\ndrop = true\n",
+    );
+    let ports = free_ports(3);
+    let sections: Vec<String> = ports.iter().map(|p| static_section(*p, &ports)).collect();
+    let nodes = start_nodes(backend.grpc_addr(), &rules, &sections).await;
+
+    let ids: Vec<[u8; 16]> = (0..30).map(|i| trace_id_from_seed(9_000 + i)).collect();
+    let error = |i: usize| i % 2 == 0;
+    // Each trace's logs go to nodes 1 and 2, its spans to node 0: for most traces at least
+    // one of them is not the owner.
+    let mut expected = std::collections::BTreeSet::new();
+    for (n, node) in nodes[1..].iter().enumerate() {
+        let records: Vec<LogRecord> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let seq = (n * 100 + i) as i64;
+                if error(i) {
+                    expected.insert(seq);
+                }
+                log_record(id, "in a trace", seq)
+            })
+            .collect();
+        send_logs_grpc(node.grpc, logs_request("acme", records))
+            .await
+            .expect("logs accepted");
+    }
+    let traces = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| make_trace(*id, "acme", 3, error(i), "/clustered"))
+        .collect();
+    send_grpc(nodes[0].grpc, make_request(traces))
+        .await
+        .expect("traces accepted");
+
+    backend.wait_for_spans(15 * 3, WAIT).await;
+    let got = backend.wait_for_log_records(expected.len(), WAIT).await;
+    let mut exported = 0;
+    for node in &nodes {
+        exported += counter(node, "tailsift_log_records_exported_total").await;
+    }
+    let seqs: Vec<i64> = got.iter().filter_map(|l| l.attr_i64("seq")).collect();
+    let unique: std::collections::BTreeSet<i64> = seqs.iter().copied().collect();
+    assert_eq!(seqs.len(), unique.len(), "each record arrives once: {seqs:?}");
+    assert_eq!(unique, expected, "exactly the logs of the error traces");
+    assert_eq!(exported, got.len() as u64);
+    for log in &got {
+        assert_eq!(log.attr_str("tailsift.rule"), Some("errors"), "{log:?}");
+        assert_eq!(log.attr_i64("SampleRate"), Some(1));
+    }
+    for mut node in nodes {
+        node.sigterm();
+        let status = node.wait_exit(WAIT).await;
+        assert!(status.success(), "exit {status:?}\n{}", node.log());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs trace.error_log_count (rules-logs branch)"]
 async fn an_error_log_keeps_its_trace_under_a_rule_that_asks_for_one() {
     let backend = RecordingBackend::start().await;
