@@ -15,6 +15,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::{
 };
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use prost::Message;
+use support::cluster::{free_ports, start_nodes, static_section};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
