@@ -79,14 +79,13 @@ async fn all_signals_through_one_endpoint(protocol: &'static str) {
     };
     let (kept, dropped) = (ids("keep-me"), ids("drop-me"));
     let logs = produced["logs"].as_array().expect("logs");
-    let expected_logs: Vec<&Value> = logs
-        .iter()
-        .filter(|l| l["span"] != "drop-me")
-        .collect();
+    let expected_logs: Vec<&Value> = logs.iter().filter(|l| l["span"] != "drop-me").collect();
 
     // Traces: 2 spans each of the kept ones.
     backend.wait_for_spans(kept.len() * 2, WAIT).await;
-    let got = backend.wait_for_log_records(expected_logs.len(), WAIT).await;
+    let got = backend
+        .wait_for_log_records(expected_logs.len(), WAIT)
+        .await;
     let metrics = backend.wait_for_metrics(1, WAIT).await;
 
     let span_traces: BTreeSet<String> = backend.spans().iter().map(|s| s.trace_id_hex()).collect();
@@ -100,10 +99,7 @@ async fn all_signals_through_one_endpoint(protocol: &'static str) {
             .unwrap_or_else(|| panic!("log {body:?} did not arrive: {got:#?}"));
         let trace_id = want["trace_id"].as_str().unwrap_or_default();
         if trace_id.is_empty() {
-            assert!(
-                log.record.trace_id.iter().all(|b| *b == 0),
-                "{log:?}"
-            );
+            assert!(log.record.trace_id.iter().all(|b| *b == 0), "{log:?}");
             assert_eq!(log.attr_i64("SampleRate"), None, "unchanged: {log:?}");
             assert_eq!(log.attr_str("tailsift.rule"), None, "unchanged: {log:?}");
         } else {
@@ -114,7 +110,10 @@ async fn all_signals_through_one_endpoint(protocol: &'static str) {
         assert_eq!(log.resource_attr_str("tenant.id"), Some("acme"));
     }
     for log in &got {
-        assert!(!dropped.contains(&log.trace_id_hex()), "a dropped trace's log: {log:?}");
+        assert!(
+            !dropped.contains(&log.trace_id_hex()),
+            "a dropped trace's log: {log:?}"
+        );
     }
 
     // Metrics: the counter's sum and the histogram's count and sum, as the SDK reported them.
@@ -142,7 +141,11 @@ async fn all_signals_through_one_endpoint(protocol: &'static str) {
         }
     }
     let want = &produced["metrics"];
-    assert_eq!(counter_sum, want["jobs.done"]["sum"].as_f64(), "{metrics:#?}");
+    assert_eq!(
+        counter_sum,
+        want["jobs.done"]["sum"].as_f64(),
+        "{metrics:#?}"
+    );
     assert_eq!(
         histogram,
         Some((

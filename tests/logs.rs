@@ -171,12 +171,14 @@ async fn logs_of_kept_traces_arrive_with_the_traces_sample_rate_and_rule_and_log
         .await
         .expect("traces accepted");
 
-    let got = backend
-        .wait_for_log_records(acme_logs.len(), WAIT)
-        .await;
+    let got = backend.wait_for_log_records(acme_logs.len(), WAIT).await;
     backend.wait_for_spans(kept.len() * 2, WAIT).await;
     wait_counter(&proxy, "tailsift_log_records_exported_total", 8).await;
-    assert_eq!(got.len(), acme_logs.len(), "only acme's logs arrive: {got:#?}");
+    assert_eq!(
+        got.len(),
+        acme_logs.len(),
+        "only acme's logs arrive: {got:#?}"
+    );
     let kept_hex: Vec<String> = kept.iter().map(|id| hex(id)).collect();
     for log in &got {
         assert!(
@@ -190,16 +192,23 @@ async fn logs_of_kept_traces_arrive_with_the_traces_sample_rate_and_rule_and_log
             .iter()
             .find(|r| r.attributes[0] == log.record.attributes[0])
             .expect("a record that was sent");
-        assert_eq!(log.body_str(), sent.body.as_ref().and_then(|b| match &b.value {
-            Some(any_value::Value::StringValue(s)) => Some(s.as_str()),
-            _ => None,
-        }));
+        assert_eq!(
+            log.body_str(),
+            sent.body.as_ref().and_then(|b| match &b.value {
+                Some(any_value::Value::StringValue(s)) => Some(s.as_str()),
+                _ => None,
+            })
+        );
     }
 
     let received = counter(&proxy, "tailsift_log_records_received_total").await;
     let kept_n = counter(&proxy, "tailsift_log_records_kept_total").await;
     let exported = counter(&proxy, "tailsift_log_records_exported_total").await;
-    let dropped_n = counter(&proxy, "tailsift_log_records_dropped_total{reason=\"rule\"}").await;
+    let dropped_n = counter(
+        &proxy,
+        "tailsift_log_records_dropped_total{reason=\"rule\"}",
+    )
+    .await;
     assert_eq!(received, 14, "every record sent is counted as received");
     assert_eq!(kept_n, 8);
     assert_eq!(dropped_n, 6, "the logs of globex's dropped traces");
@@ -306,7 +315,10 @@ async fn with_untraced_sample_rate_4_one_untraced_log_in_4_arrives_carrying_samp
     .await;
     let got = backend.wait_for_log_records(10, WAIT).await;
     assert_eq!(got.len(), 10, "exactly 1 in 4 of 40");
-    assert!(got.iter().all(|l| l.attr_i64("SampleRate") == Some(4)), "{got:#?}");
+    assert!(
+        got.iter().all(|l| l.attr_i64("SampleRate") == Some(4)),
+        "{got:#?}"
+    );
     stop(proxy).await;
 }
 
@@ -315,8 +327,8 @@ async fn json_and_gzip_logs_are_accepted_and_a_malformed_trace_id_refuses_only_t
     let backend = RecordingBackend::start().await;
     let proxy = TailsiftProcess::start_with_rules(backend.grpc_addr(), KEEP_ALL_RULES).await;
 
-    let json = serde_json::to_vec(&logs_request("acme", vec![log_record(&[], "json", 1)]))
-        .expect("json");
+    let json =
+        serde_json::to_vec(&logs_request("acme", vec![log_record(&[], "json", 1)])).expect("json");
     let reply = send_logs_http(proxy.http, &[("content-type", "application/json")], json).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     let gz = gzip(&logs_request("acme", vec![log_record(&[], "gzip", 2)]).encode_to_vec());
@@ -490,7 +502,11 @@ async fn in_a_static_cluster_logs_sent_to_any_node_follow_their_trace_to_its_own
     }
     let seqs: Vec<i64> = got.iter().filter_map(|l| l.attr_i64("seq")).collect();
     let unique: std::collections::BTreeSet<i64> = seqs.iter().copied().collect();
-    assert_eq!(seqs.len(), unique.len(), "each record arrives once: {seqs:?}");
+    assert_eq!(
+        seqs.len(),
+        unique.len(),
+        "each record arrives once: {seqs:?}"
+    );
     assert_eq!(unique, expected, "exactly the logs of the error traces");
     assert_eq!(exported, got.len() as u64);
     for log in &got {
@@ -535,7 +551,12 @@ async fn an_error_log_keeps_its_trace_under_a_rule_that_asks_for_one() {
     .expect("traces accepted");
     let spans = backend.wait_for_spans(2, WAIT).await;
     let logs = backend.wait_for_log_records(1, WAIT).await;
-    wait_counter(&proxy, "tailsift_log_records_dropped_total{reason=\"rule\"}", 1).await;
+    wait_counter(
+        &proxy,
+        "tailsift_log_records_dropped_total{reason=\"rule\"}",
+        1,
+    )
+    .await;
     assert!(spans.iter().all(|s| s.trace_id_hex() == hex(&noisy)));
     assert_eq!(logs.len(), 1);
     assert_eq!(logs[0].attr_str("tailsift.rule"), Some("error-logs"));
