@@ -214,6 +214,28 @@ async fn logs_of_kept_traces_arrive_with_the_traces_sample_rate_and_rule_and_log
     assert_eq!(dropped_n, 6, "the logs of globex's dropped traces");
     assert_eq!(received, kept_n + dropped_n);
     assert_eq!(exported, backend.log_records().len() as u64);
+    // Per tenant: acme's logs were kept and exported, globex's dropped.
+    for (series, want) in [
+        (
+            "tailsift_tenant_log_records_received_total{tenant=\"acme\"}",
+            8,
+        ),
+        ("tailsift_tenant_log_records_kept_total{tenant=\"acme\"}", 8),
+        (
+            "tailsift_tenant_log_records_exported_total{tenant=\"acme\"}",
+            8,
+        ),
+        (
+            "tailsift_tenant_log_records_received_total{tenant=\"globex\"}",
+            6,
+        ),
+        (
+            "tailsift_tenant_log_records_dropped_total{tenant=\"globex\"}",
+            6,
+        ),
+    ] {
+        wait_counter(&proxy, series, want).await;
+    }
     stop(proxy).await;
 }
 
