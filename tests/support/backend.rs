@@ -31,6 +31,12 @@ use bytes::{Buf, Bytes};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
@@ -44,6 +50,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
@@ -79,6 +86,61 @@ pub struct ReceivedMetrics {
     pub request: ExportMetricsServiceRequest,
     /// Protobuf bytes of the message, as for [`ReceivedRequest::raw`].
     pub raw: Bytes,
+}
+
+/// One accepted logs export request (logs are not scripted to fail).
+#[derive(Clone, Debug)]
+pub struct ReceivedLogs {
+    /// Which endpoint and encoding it came in on.
+    pub transport: Transport,
+    /// HTTP headers (gRPC: the request metadata as headers).
+    pub headers: HeaderMap,
+    /// The decoded request.
+    pub request: ExportLogsServiceRequest,
+    /// Protobuf bytes of the message, as for [`ReceivedRequest::raw`].
+    pub raw: Bytes,
+}
+
+/// One received log record with the resource and scope it came under.
+#[derive(Clone, Debug)]
+pub struct RecordedLog {
+    /// The record as the backend received it.
+    pub record: LogRecord,
+    /// Its resource (default when absent).
+    pub resource: Resource,
+    /// Its instrumentation scope (default when absent).
+    pub scope: InstrumentationScope,
+}
+
+impl RecordedLog {
+    /// The trace id as lowercase hex (empty when the record has none).
+    pub fn trace_id_hex(&self) -> String {
+        hex(&self.record.trace_id)
+    }
+
+    /// A string attribute of the record.
+    pub fn attr_str(&self, key: &str) -> Option<&str> {
+        attr_str(&self.record.attributes, key)
+    }
+
+    /// An integer attribute of the record.
+    pub fn attr_i64(&self, key: &str) -> Option<i64> {
+        attr_i64(&self.record.attributes, key)
+    }
+
+    /// The body when it is a string.
+    pub fn body_str(&self) -> Option<&str> {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        match self.record.body.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A string attribute of the resource.
+    pub fn resource_attr_str(&self, key: &str) -> Option<&str> {
+        attr_str(&self.resource.attributes, key)
+    }
 }
 
 /// One accepted export request.
@@ -219,6 +281,7 @@ impl RecordedSpan {
 struct Shared {
     requests: Mutex<Vec<ReceivedRequest>>,
     metrics: Mutex<Vec<ReceivedMetrics>>,
+    logs: Mutex<Vec<ReceivedLogs>>,
     failures: Mutex<VecDeque<Failure>>,
     delay: Mutex<Option<Duration>>,
     attempts: Mutex<usize>,
@@ -307,9 +370,16 @@ impl RecordingBackend {
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
         .max_decoding_message_size(MAX_BODY);
+        let logs_svc = LogsServiceServer::new(GrpcRecorder {
+            shared: self.shared.clone(),
+        })
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .max_decoding_message_size(MAX_BODY);
         let router = Router::new()
             .route("/v1/traces", post(http_export))
             .route("/v1/metrics", post(http_metrics))
+            .route("/v1/logs", post(http_logs))
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(self.shared.clone());
         let mut tasks = self.tasks.lock().unwrap();
@@ -323,9 +393,16 @@ impl RecordingBackend {
                     .uri()
                     .path()
                     .starts_with("/opentelemetry.proto.collector.metrics.v1.MetricsService/");
-                let (svc, metrics_svc) = (grpc_svc.clone(), metrics_svc.clone());
+                let is_logs = req
+                    .uri()
+                    .path()
+                    .starts_with("/opentelemetry.proto.collector.logs.v1.LogsService/");
+                let (svc, metrics_svc, logs_svc) =
+                    (grpc_svc.clone(), metrics_svc.clone(), logs_svc.clone());
                 async move {
-                    if is_metrics {
+                    if is_logs {
+                        grpc_with_raw_body(logs_svc, req).await
+                    } else if is_metrics {
                         grpc_with_raw_body(metrics_svc, req).await
                     } else {
                         grpc_with_raw_body(svc, req).await
@@ -398,6 +475,44 @@ impl RecordingBackend {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let got = self.metrics_requests();
+            if got.len() >= n || tokio::time::Instant::now() >= deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// All accepted logs requests, in arrival order.
+    pub fn logs_requests(&self) -> Vec<ReceivedLogs> {
+        self.shared.logs.lock().unwrap().clone()
+    }
+
+    /// Every received log record, flattened with its resource and scope, in arrival order.
+    pub fn log_records(&self) -> Vec<RecordedLog> {
+        let mut out = Vec::new();
+        for req in self.logs_requests() {
+            for rl in req.request.resource_logs {
+                let resource = rl.resource.unwrap_or_default();
+                for sl in rl.scope_logs {
+                    let scope = sl.scope.unwrap_or_default();
+                    for record in sl.log_records {
+                        out.push(RecordedLog {
+                            record,
+                            resource: resource.clone(),
+                            scope: scope.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Waits until at least `n` log records arrived (or `timeout` passed); returns them all.
+    pub async fn wait_for_log_records(&self, n: usize, timeout: Duration) -> Vec<RecordedLog> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let got = self.log_records();
             if got.len() >= n || tokio::time::Instant::now() >= deadline {
                 return got;
             }
@@ -564,6 +679,7 @@ impl RecordingBackend {
     /// Forgets all recorded requests and counters (scripted failures stay).
     pub fn clear(&self) {
         self.shared.requests.lock().unwrap().clear();
+        self.shared.logs.lock().unwrap().clear();
         *self.shared.attempts.lock().unwrap() = 0;
         *self.shared.rejected.lock().unwrap() = 0;
     }
@@ -810,6 +926,95 @@ impl MetricsService for GrpcRecorder {
         Ok(tonic::Response::new(ExportMetricsServiceResponse {
             partial_success: None,
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for GrpcRecorder {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        let raw = request
+            .extensions()
+            .get::<RawMessage>()
+            .map(|r| r.0.clone());
+        let headers = match request.extensions().get::<RawHeaders>() {
+            Some(raw) => raw.0.clone(),
+            None => request.metadata().clone().into_headers(),
+        };
+        let request = request.into_inner();
+        let raw = raw.unwrap_or_else(|| Bytes::from(request.encode_to_vec()));
+        self.shared.logs.lock().unwrap().push(ReceivedLogs {
+            transport: Transport::Grpc,
+            headers,
+            request,
+            raw,
+        });
+        Ok(tonic::Response::new(ExportLogsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// `POST /v1/logs`: records the (decompressed) request; JSON is decoded and re-encoded.
+async fn http_logs(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (transport, raw, request) = match decode_http::<ExportLogsServiceRequest>(&headers, body) {
+        Ok(d) => d,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("backend: bad logs: {e}")).into_response()
+        }
+    };
+    shared.logs.lock().unwrap().push(ReceivedLogs {
+        transport,
+        headers,
+        request,
+        raw,
+    });
+    let reply = ExportLogsServiceResponse {
+        partial_success: None,
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/x-protobuf")],
+        reply.encode_to_vec(),
+    )
+        .into_response()
+}
+
+/// Decompresses (gzip, zstd) and decodes an OTLP/HTTP body, protobuf or JSON by content type.
+fn decode_http<M>(headers: &HeaderMap, body: Bytes) -> Result<(Transport, Bytes, M), String>
+where
+    M: Message + Default + serde::de::DeserializeOwned,
+{
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let body = match encoding.as_str() {
+        "gzip" => {
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(body.reader())
+                .read_to_end(&mut out)
+                .map_err(|e| format!("bad gzip body: {e}"))?;
+            Bytes::from(out)
+        }
+        "zstd" => Bytes::from(
+            zstd::stream::decode_all(body.reader()).map_err(|e| format!("bad zstd body: {e}"))?,
+        ),
+        _ => body,
+    };
+    if is_json {
+        let r: M = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        Ok((Transport::HttpJson, Bytes::from(r.encode_to_vec()), r))
+    } else {
+        let r = M::decode(body.clone()).map_err(|e| e.to_string())?;
+        Ok((Transport::HttpProtobuf, body, r))
     }
 }
 

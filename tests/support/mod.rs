@@ -27,7 +27,8 @@ pub mod tls;
 pub mod traces;
 
 pub use backend::{
-    retry_info_delay, Failure, ReceivedRequest, RecordedSpan, RecordingBackend, Transport,
+    retry_info_delay, Failure, ReceivedLogs, ReceivedRequest, RecordedLog, RecordedSpan,
+    RecordingBackend, Transport,
 };
 pub use client::{
     gzip, http_get, send_grpc, send_grpc_with, send_http, send_http_raw, send_http_with,
