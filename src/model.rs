@@ -330,9 +330,11 @@ pub struct SpanRecord {
     pub index: SpanIndex,
 }
 
-/// Resident bytes a buffered span costs beyond its encoded payload, measured at ~330 B with
-/// the benchmark workload (RSS growth ÷ buffered spans, minus the mean payload).
-pub const SPAN_OVERHEAD_BYTES: usize = 336;
+/// Resident bytes a buffered span costs beyond its encoded payload: 336 B measured end to end
+/// before issue 14 (RSS growth ÷ buffered spans, minus the mean payload), less the 79 B the
+/// trace table's re-layout saves per span (`TABLE_RSS=1 cargo bench --bench table`: 227 →
+/// 148 B beyond the payload in the table alone). Not yet re-measured end to end.
+pub const SPAN_OVERHEAD_BYTES: usize = 257;
 
 impl SpanRecord {
     /// Bytes this span accounts for against the memory budget: its payload plus the overhead

@@ -1,9 +1,18 @@
 //! The synchronous core of one buffer shard: spans grouped by trace id, the timers that say
 //! when a trace is ready, the memory budget, and the cache of recent decisions. It takes `now`
 //! as a parameter and does no I/O, so tests drive it with any clock.
+//!
+//! Layout (issue 14): trace entries live in a slab (`Vec` + free list) addressed by `u32`
+//! slot, and the trace-id map holds only the slot, so the map stays small and a rehash moves
+//! 20-byte pairs. Timers are coarse buckets walked in time order (a timer wheel with
+//! growable span); an entry's timer is valid while the slot's generation and deadline match,
+//! so a deadline that moves earlier (the root arrived) just leaves a stale timer behind to be
+//! skipped. The arrival order for memory-pressure eviction is a queue of (slot, generation).
+//! The decision cache is a ring of remembered decisions with a map from trace id to ring slot.
+//! Spans of one trace that arrive next to each other in a batch are added as one run: one
+//! map lookup and one exact reservation per run instead of per span, and no doubling slack.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -50,16 +59,34 @@ pub enum Ready {
 }
 
 struct Entry {
+    trace_id: TraceId,
     spans: Vec<SpanRecord>,
     tenant: TenantId,
     first_seen: Instant,
     deadline: Instant,
-    has_root: bool,
     bytes: usize,
+    has_root: bool,
+}
+
+/// A slab slot: the entry while the trace is buffered, and a generation bumped every time the
+/// slot is freed, so timers and arrival records of an earlier occupant are recognised.
+struct Slot {
+    generation: u32,
+    entry: Option<Entry>,
+}
+
+/// A timer: slot `slot` is due at `deadline` if it still holds generation `generation` with
+/// that deadline.
+#[derive(Clone, Copy)]
+struct Timer {
+    deadline: Instant,
+    slot: u32,
+    generation: u32,
 }
 
 /// A remembered decision, with what the admin API reports about the trace.
 struct Remembered {
+    trace_id: TraceId,
     decision: Decision,
     tenant: TenantId,
     spans: u64,
@@ -92,20 +119,83 @@ pub struct HandedDecision {
     pub spans: u64,
 }
 
-fn first_seen_timeout(first_seen: Instant, limits: &Limits) -> Instant {
-    first_seen + limits.trace_timeout
+/// Buckets the longest timer spans at most (bounds the wheel's length, not its precision:
+/// timers in the current bucket are compared exactly).
+const WHEEL_BUCKETS: u32 = 8192;
+
+/// Timer buckets in time order, starting at absolute bucket `base`.
+struct Wheel {
+    epoch: Instant,
+    granularity_nanos: u64,
+    base: u64,
+    buckets: VecDeque<Vec<Timer>>,
+    spare: Vec<Vec<Timer>>,
+}
+
+impl Wheel {
+    fn new(epoch: Instant, limits: &Limits) -> Wheel {
+        let longest = limits.root_grace.max(limits.trace_timeout);
+        let granularity = (longest / WHEEL_BUCKETS).max(Duration::from_millis(1));
+        Wheel {
+            epoch,
+            granularity_nanos: granularity.as_nanos().min(u128::from(u64::MAX)) as u64,
+            base: 0,
+            buckets: VecDeque::new(),
+            spare: Vec::new(),
+        }
+    }
+
+    fn bucket(&self, at: Instant) -> u64 {
+        let nanos = at.saturating_duration_since(self.epoch).as_nanos();
+        (nanos / u128::from(self.granularity_nanos)).min(u128::from(u64::MAX)) as u64
+    }
+
+    fn push(&mut self, timer: Timer) {
+        let mut b = self.bucket(timer.deadline);
+        if self.buckets.is_empty() {
+            // No timers: start the wheel at this one (the shard may have been idle a while,
+            // with nothing calling `expire`).
+            self.base = self.base.max(b);
+        }
+        // An earlier deadline joins the front bucket, which `expire` compares exactly.
+        b = b.max(self.base);
+        let index = (b - self.base) as usize;
+        while self.buckets.len() <= index {
+            let v = self.spare.pop().unwrap_or_default();
+            self.buckets.push_back(v);
+        }
+        self.buckets[index].push(timer);
+    }
+
+    fn recycle(&mut self, mut v: Vec<Timer>) {
+        v.clear();
+        if self.spare.len() < 64 {
+            self.spare.push(v);
+        }
+    }
+
+    fn clear(&mut self) {
+        while let Some(v) = self.buckets.pop_front() {
+            self.recycle(v);
+        }
+    }
 }
 
 /// One shard's traces.
 pub struct Table {
     limits: Limits,
-    traces: TraceIdMap<Entry>,
-    deadlines: BinaryHeap<Reverse<(Instant, TraceId)>>,
-    arrivals: VecDeque<(Instant, TraceId)>,
-    decisions: TraceIdMap<Remembered>,
-    decision_order: VecDeque<TraceId>,
+    traces: TraceIdMap<u32>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    wheel: Wheel,
+    arrivals: VecDeque<(u32, u32)>,
+    decisions: TraceIdMap<u32>,
+    ring: Vec<Option<Remembered>>,
+    ring_next: usize,
     bytes: usize,
     spans: usize,
+    late: Vec<(TraceId, SpanRecord)>,
+    due: Vec<Timer>,
 }
 
 /// Counts a shard reports after each step, for gauges.
@@ -122,15 +212,21 @@ pub struct Occupancy {
 impl Table {
     /// An empty shard.
     pub fn new(limits: Limits) -> Self {
+        let wheel = Wheel::new(Instant::now(), &limits);
         Table {
             limits,
             traces: TraceIdMap::default(),
-            deadlines: BinaryHeap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            wheel,
             arrivals: VecDeque::new(),
             decisions: TraceIdMap::default(),
-            decision_order: VecDeque::new(),
+            ring: Vec::new(),
+            ring_next: 0,
             bytes: 0,
             spans: 0,
+            late: Vec::new(),
+            due: Vec::new(),
         }
     }
 
@@ -157,77 +253,200 @@ impl Table {
         out: &mut Vec<Ready>,
         new_trace: &mut dyn FnMut(&TenantId),
     ) {
-        let mut late: Vec<(TraceId, SpanRecord)> = Vec::new();
-        for span in batch {
-            let trace_id = span.index.trace_id;
-            let vacant = match self.traces.entry(trace_id) {
-                std::collections::hash_map::Entry::Occupied(entry) => {
-                    let entry = entry.into_mut();
-                    if span.index.is_root() && !entry.has_root {
-                        entry.has_root = true;
-                        let due = now + self.limits.root_grace;
-                        if due < entry.deadline {
-                            entry.deadline = due;
-                            self.deadlines.push(Reverse((due, trace_id)));
+        let mut late = std::mem::take(&mut self.late);
+        let limit = self.limits.max_spans_per_trace;
+        let mut spans = batch.into_iter();
+        while let Some(first) = spans.next() {
+            let trace_id = first.index.trace_id;
+            // Spans of this trace right behind it in the batch (one service's spans of the
+            // trace in one request, as SDKs send them): added as one run.
+            let mut remaining = spans
+                .as_slice()
+                .iter()
+                .take_while(|s| s.index.trace_id == trace_id)
+                .count();
+            let mut pending = Some(first);
+            loop {
+                let span = match pending.take() {
+                    Some(span) => span,
+                    None if remaining > 0 => {
+                        remaining -= 1;
+                        match spans.next() {
+                            Some(span) => span,
+                            None => break,
                         }
                     }
-                    let size = span.accounted_bytes();
-                    entry.bytes += size;
-                    self.bytes += size;
-                    self.spans += 1;
-                    entry.spans.push(span);
-                    if entry.spans.len() >= self.limits.max_spans_per_trace {
-                        self.complete(trace_id, DecideCause::SpanLimit, out);
+                    None => break,
+                };
+                let run = remaining + 1;
+                let slot = match self.traces.get(&trace_id) {
+                    Some(&slot) => {
+                        self.add(slot, span, run, now);
+                        slot
                     }
+                    None if self.decisions.contains_key(&trace_id) => {
+                        late.push((trace_id, span));
+                        for _ in 0..remaining {
+                            if let Some(span) = spans.next() {
+                                late.push((trace_id, span));
+                            }
+                        }
+                        break;
+                    }
+                    None => self.open(span, run, now, new_trace),
+                };
+                let held = self.slots[slot as usize]
+                    .entry
+                    .as_ref()
+                    .map_or(0, |e| e.spans.len());
+                let take = remaining.min(limit.saturating_sub(held));
+                for _ in 0..take {
+                    if let Some(span) = spans.next() {
+                        self.add(slot, span, 0, now);
+                    }
+                }
+                remaining -= take;
+                if held + take >= limit {
+                    // Spans of the run after the limit start a new trace, as separate
+                    // requests would.
+                    self.complete_slot(slot, DecideCause::SpanLimit, out);
                     continue;
                 }
-                std::collections::hash_map::Entry::Vacant(vacant) => vacant,
-            };
-            if self.decisions.contains_key(&trace_id) {
-                late.push((trace_id, span));
-                continue;
-            }
-            let is_root = span.index.is_root();
-            let deadline = now
-                + if is_root {
-                    self.limits.root_grace
-                } else {
-                    self.limits.trace_timeout
-                };
-            let size = span.accounted_bytes();
-            self.bytes += size;
-            self.spans += 1;
-            let tenant = span.origin.tenant.clone();
-            new_trace(&tenant);
-            // Traces average ~10 spans; starting at 4 skips the 1-element allocation.
-            let mut spans = Vec::with_capacity(4);
-            spans.push(span);
-            vacant.insert(Entry {
-                spans,
-                tenant,
-                first_seen: now,
-                deadline,
-                has_root: is_root,
-                bytes: size,
-            });
-            self.deadlines.push(Reverse((deadline, trace_id)));
-            self.arrivals.push_back((now, trace_id));
-            if self.limits.max_spans_per_trace <= 1 {
-                self.complete(trace_id, DecideCause::SpanLimit, out);
+                break;
             }
         }
-        self.emit_late(late, out);
+        self.emit_late(&mut late, out);
+        self.late = late;
         self.relieve_memory_pressure(out);
         self.expire(now, out);
     }
 
-    fn emit_late(&mut self, mut late: Vec<(TraceId, SpanRecord)>, out: &mut Vec<Ready>) {
+    /// Starts a trace with its first span (room for `run` spans): a slab slot, its timer and
+    /// its arrival record.
+    fn open(
+        &mut self,
+        span: SpanRecord,
+        run: usize,
+        now: Instant,
+        new_trace: &mut dyn FnMut(&TenantId),
+    ) -> u32 {
+        let trace_id = span.index.trace_id;
+        let is_root = span.index.is_root();
+        let deadline = now
+            + if is_root {
+                self.limits.root_grace
+            } else {
+                self.limits.trace_timeout
+            };
+        let size = span.accounted_bytes();
+        self.bytes += size;
+        self.spans += 1;
+        let tenant = span.origin.tenant.clone();
+        new_trace(&tenant);
+        let mut spans = Vec::with_capacity(run.min(self.limits.max_spans_per_trace).max(1));
+        spans.push(span);
+        self.alloc(Entry {
+            trace_id,
+            spans,
+            tenant,
+            first_seen: now,
+            deadline,
+            bytes: size,
+            has_root: is_root,
+        })
+    }
+
+    /// Adds a span to a held trace. When the vector is full it grows by `run` (the spans of
+    /// this trace arriving together) but at least a quarter, so growth stays geometric.
+    fn add(&mut self, slot: u32, span: SpanRecord, run: usize, now: Instant) {
+        let Some(s) = self.slots.get_mut(slot as usize) else {
+            return;
+        };
+        let generation = s.generation;
+        let Some(entry) = s.entry.as_mut() else {
+            return;
+        };
+        if span.index.is_root() && !entry.has_root {
+            entry.has_root = true;
+            let due = now + self.limits.root_grace;
+            if due < entry.deadline {
+                entry.deadline = due;
+                // The timer for the old deadline is stale now and skipped when it comes up.
+                self.wheel.push(Timer {
+                    deadline: due,
+                    slot,
+                    generation,
+                });
+            }
+        }
+        let len = entry.spans.len();
+        if len == entry.spans.capacity() {
+            entry.spans.reserve_exact(run.max(len / 4).max(1));
+        }
+        let size = span.accounted_bytes();
+        entry.bytes += size;
+        self.bytes += size;
+        self.spans += 1;
+        entry.spans.push(span);
+    }
+
+    /// Puts an entry in a free slot (or a new one), maps its trace id to it, and starts its
+    /// timer and arrival record.
+    fn alloc(&mut self, entry: Entry) -> u32 {
+        let trace_id = entry.trace_id;
+        let deadline = entry.deadline;
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize].entry = Some(entry);
+                slot
+            }
+            None => {
+                let slot = self.slots.len() as u32;
+                self.slots.push(Slot {
+                    generation: 0,
+                    entry: Some(entry),
+                });
+                slot
+            }
+        };
+        let generation = self.slots[slot as usize].generation;
+        self.traces.insert(trace_id, slot);
+        self.wheel.push(Timer {
+            deadline,
+            slot,
+            generation,
+        });
+        self.arrivals.push_back((slot, generation));
+        slot
+    }
+
+    /// Frees a slot, returning its entry (the trace-id mapping is removed too).
+    fn release(&mut self, slot: u32) -> Option<Entry> {
+        let s = self.slots.get_mut(slot as usize)?;
+        let entry = s.entry.take()?;
+        s.generation = s.generation.wrapping_add(1);
+        self.free.push(slot);
+        self.traces.remove(&entry.trace_id);
+        self.bytes -= entry.bytes;
+        self.spans -= entry.spans.len();
+        Some(entry)
+    }
+
+    fn live(&self, slot: u32, generation: u32) -> Option<&Entry> {
+        let s = self.slots.get(slot as usize)?;
+        if s.generation != generation {
+            return None;
+        }
+        s.entry.as_ref()
+    }
+
+    fn emit_late(&mut self, late: &mut Vec<(TraceId, SpanRecord)>, out: &mut Vec<Ready>) {
         if late.is_empty() {
             return;
         }
         late.sort_by_key(|(id, _)| *id);
         let mut current: Option<(TraceId, Vec<SpanRecord>)> = None;
-        for (id, span) in late {
+        for (id, span) in late.drain(..) {
             match &mut current {
                 Some((cid, spans)) if *cid == id => spans.push(span),
                 _ => {
@@ -244,10 +463,16 @@ impl Table {
     }
 
     fn push_late(&mut self, trace_id: TraceId, spans: Vec<SpanRecord>, out: &mut Vec<Ready>) {
-        if let Some(known) = self.decisions.get_mut(&trace_id) {
+        let Some(&at) = self.decisions.get(&trace_id) else {
+            return;
+        };
+        if let Some(Some(known)) = self.ring.get_mut(at as usize) {
             known.spans += spans.len() as u64;
+            let Some(first) = spans.first() else {
+                return;
+            };
             out.push(Ready::Late {
-                tenant: spans[0].origin.tenant.clone(),
+                tenant: first.origin.tenant.clone(),
                 decision: known.decision.clone(),
                 spans,
             });
@@ -257,71 +482,100 @@ impl Table {
     /// Decides oldest-first while the shard is over its byte budget.
     fn relieve_memory_pressure(&mut self, out: &mut Vec<Ready>) {
         while self.bytes > self.limits.max_bytes {
-            let Some((seen, trace_id)) = self.arrivals.pop_front() else {
+            let Some((slot, generation)) = self.arrivals.pop_front() else {
                 break;
             };
-            let current = self.traces.get(&trace_id).map(|e| e.first_seen);
-            if current == Some(seen) {
-                self.complete(trace_id, DecideCause::MemoryPressure, out);
+            if self.live(slot, generation).is_some() {
+                self.complete_slot(slot, DecideCause::MemoryPressure, out);
             }
         }
     }
 
     /// Moves every trace whose timer is due to `out`.
     pub fn expire(&mut self, now: Instant, out: &mut Vec<Ready>) {
-        while let Some(Reverse((due, trace_id))) = self.deadlines.peek().copied() {
-            if due > now {
+        if self.traces.is_empty() {
+            // Every timer left is stale.
+            self.wheel.clear();
+            self.arrivals.clear();
+            return;
+        }
+        let current = self.wheel.bucket(now);
+        // Whole buckets before the current one are due.
+        while self.wheel.base < current {
+            let Some(bucket) = self.wheel.buckets.pop_front() else {
+                self.wheel.base = current;
+                break;
+            };
+            self.wheel.base += 1;
+            for timer in &bucket {
+                self.fire(*timer, out);
+            }
+            self.wheel.recycle(bucket);
+        }
+        // In the current bucket, only timers at or before `now`.
+        if let Some(bucket) = self.wheel.buckets.front_mut() {
+            if bucket.iter().any(|t| t.deadline <= now) {
+                let mut due = std::mem::take(&mut self.due);
+                bucket.retain(|t| {
+                    if t.deadline <= now {
+                        due.push(*t);
+                        false
+                    } else {
+                        true
+                    }
+                });
+                for timer in due.drain(..) {
+                    self.fire(timer, out);
+                }
+                self.due = due;
+            }
+        }
+        // Keep the arrival queue from growing with decided traces' slots.
+        while let Some(&(slot, generation)) = self.arrivals.front() {
+            if self.live(slot, generation).is_some() {
                 break;
             }
-            self.deadlines.pop();
-            let cause = match self.traces.get(&trace_id) {
-                Some(e) if e.deadline == due => {
-                    if e.has_root {
-                        DecideCause::RootGrace
-                    } else {
-                        DecideCause::Timeout
-                    }
-                }
-                _ => continue, // decided already, or its deadline moved earlier
-            };
-            self.complete(trace_id, cause, out);
+            self.arrivals.pop_front();
         }
-        // Keep the arrival queue from growing with decided traces' ids.
-        while let Some((seen, id)) = self.arrivals.front() {
-            match self.traces.get(id) {
-                Some(e) if e.first_seen == *seen => break,
-                _ => {
-                    self.arrivals.pop_front();
+    }
+
+    fn fire(&mut self, timer: Timer, out: &mut Vec<Ready>) {
+        let cause = match self.live(timer.slot, timer.generation) {
+            Some(e) if e.deadline == timer.deadline => {
+                if e.has_root {
+                    DecideCause::RootGrace
+                } else {
+                    DecideCause::Timeout
                 }
             }
-        }
+            _ => return, // decided already, or its deadline moved earlier
+        };
+        self.complete_slot(timer.slot, cause, out);
     }
 
     /// Takes every buffered trace for which `owned_elsewhere` is true out of the table (their
     /// owner changed with the membership): spans, first-seen time and whether the root came.
     /// The caller hands them to their new owner; this shard forgets them.
     pub fn take_where(&mut self, owned_elsewhere: &dyn Fn(&TraceId) -> bool) -> Vec<Departing> {
-        let ids: Vec<TraceId> = self
+        let slots: Vec<u32> = self
             .traces
-            .keys()
-            .filter(|id| owned_elsewhere(id))
-            .copied()
+            .iter()
+            .filter(|(id, _)| owned_elsewhere(id))
+            .map(|(_, slot)| *slot)
             .collect();
-        let mut out = Vec::with_capacity(ids.len());
-        for trace_id in ids {
-            if let Some(entry) = self.traces.remove(&trace_id) {
-                self.bytes -= entry.bytes;
-                self.spans -= entry.spans.len();
+        let mut out = Vec::with_capacity(slots.len());
+        for slot in slots {
+            if let Some(entry) = self.release(slot) {
                 out.push(Departing {
-                    trace_id,
+                    trace_id: entry.trace_id,
                     spans: entry.spans,
                     first_seen: entry.first_seen,
                     root_seen: entry.has_root,
                 });
             }
         }
-        // Timer and arrival entries of the departed traces are skipped lazily (their trace is
-        // gone), exactly as for decided traces.
+        // Timers and arrival records of the departed traces are skipped lazily (their slot's
+        // generation moved on), exactly as for decided traces.
         out
     }
 
@@ -331,28 +585,37 @@ impl Table {
         &mut self,
         owned_elsewhere: &dyn Fn(&TraceId) -> bool,
     ) -> Vec<HandedDecision> {
-        let ids: Vec<TraceId> = self
+        let at: Vec<u32> = self
             .decisions
-            .keys()
-            .filter(|id| owned_elsewhere(id))
-            .copied()
+            .iter()
+            .filter(|(id, _)| owned_elsewhere(id))
+            .map(|(_, at)| *at)
             .collect();
-        if ids.is_empty() {
+        if at.is_empty() {
             return Vec::new();
         }
-        let mut out = Vec::with_capacity(ids.len());
-        for trace_id in ids {
-            if let Some(r) = self.decisions.remove(&trace_id) {
+        let mut out = Vec::with_capacity(at.len());
+        for i in at {
+            if let Some(r) = self.ring.get_mut(i as usize).and_then(Option::take) {
+                self.decisions.remove(&r.trace_id);
                 out.push(HandedDecision {
-                    trace_id,
+                    trace_id: r.trace_id,
                     decision: r.decision,
                     tenant: r.tenant,
                     spans: r.spans,
                 });
             }
         }
-        let decisions = &self.decisions;
-        self.decision_order.retain(|id| decisions.contains_key(id));
+        // Close the gaps, oldest first, so the cache holds `decision_cache` decisions again.
+        let mut ring = std::mem::take(&mut self.ring);
+        ring.rotate_left(self.ring_next);
+        self.ring = ring.into_iter().flatten().map(Some).collect();
+        self.ring_next = 0;
+        for (i, r) in self.ring.iter().enumerate() {
+            if let Some(r) = r {
+                self.decisions.insert(r.trace_id, i as u32);
+            }
+        }
         out
     }
 
@@ -360,14 +623,14 @@ impl Table {
     /// already buffered here (late spans that came before the decision did) follow it now.
     pub fn accept_decisions(&mut self, handed: Vec<HandedDecision>, out: &mut Vec<Ready>) {
         for h in handed {
-            if let Some(entry) = self.traces.remove(&h.trace_id) {
-                self.bytes -= entry.bytes;
-                self.spans -= entry.spans.len();
-                out.push(Ready::Late {
-                    tenant: entry.tenant,
-                    decision: h.decision.clone(),
-                    spans: entry.spans,
-                });
+            if let Some(&slot) = self.traces.get(&h.trace_id) {
+                if let Some(entry) = self.release(slot) {
+                    out.push(Ready::Late {
+                        tenant: entry.tenant,
+                        decision: h.decision.clone(),
+                        spans: entry.spans,
+                    });
+                }
             }
             if !self.decisions.contains_key(&h.trace_id) {
                 self.remember(h.trace_id, h.decision, h.tenant, h.spans);
@@ -391,7 +654,8 @@ impl Table {
             return;
         };
         let trace_id = first.index.trace_id;
-        if self.decisions.contains_key(&trace_id) && !self.traces.contains_key(&trace_id) {
+        let existing = self.traces.get(&trace_id).copied();
+        if existing.is_none() && self.decisions.contains_key(&trace_id) {
             self.push_late(trace_id, spans, out);
             return;
         }
@@ -399,43 +663,56 @@ impl Table {
         let root_seen = root_seen || spans.iter().any(|s| s.index.is_root());
         let root_at = now + self.limits.root_grace;
         let bytes: usize = spans.iter().map(SpanRecord::accounted_bytes).sum();
-        self.bytes += bytes;
-        self.spans += spans.len();
-        let entry = match self.traces.entry(trace_id) {
-            std::collections::hash_map::Entry::Occupied(e) => {
-                let e = e.into_mut();
-                e.first_seen = e.first_seen.min(first_seen);
-                e.has_root |= root_seen;
-                e.spans.extend(spans);
-                e.bytes += bytes;
-                e
+        let count = spans.len();
+        let slot = match existing {
+            Some(slot) => {
+                self.bytes += bytes;
+                self.spans += count;
+                if let Some(e) = self.slots[slot as usize].entry.as_mut() {
+                    e.first_seen = e.first_seen.min(first_seen);
+                    e.has_root |= root_seen;
+                    e.spans.extend(spans);
+                    e.bytes += bytes;
+                }
+                slot
             }
-            std::collections::hash_map::Entry::Vacant(v) => {
+            None => {
                 let tenant = first.origin.tenant.clone();
                 new_trace(&tenant);
-                self.arrivals.push_back((first_seen, trace_id));
-                v.insert(Entry {
+                self.bytes += bytes;
+                self.spans += count;
+                self.alloc(Entry {
+                    trace_id,
                     spans,
                     tenant,
                     first_seen,
                     deadline: timeout_at,
-                    has_root: root_seen,
                     bytes,
+                    has_root: root_seen,
                 })
             }
         };
-        let mut due = entry
-            .deadline
-            .min(first_seen_timeout(entry.first_seen, &self.limits));
+        let generation = self.slots[slot as usize].generation;
+        let limits = &self.limits;
+        let Some(entry) = self.slots[slot as usize].entry.as_mut() else {
+            return;
+        };
+        let mut due = entry.deadline.min(entry.first_seen + limits.trace_timeout);
         if entry.has_root {
             due = due.min(root_at);
         }
-        // A stale heap entry for the old deadline is skipped when it comes up.
-        entry.deadline = due;
-        self.deadlines.push(Reverse((due, trace_id)));
-        let full = entry.spans.len() >= self.limits.max_spans_per_trace;
+        let full = entry.spans.len() >= limits.max_spans_per_trace;
+        if due != entry.deadline {
+            // A timer for the old deadline is stale now and skipped when it comes up.
+            entry.deadline = due;
+            self.wheel.push(Timer {
+                deadline: due,
+                slot,
+                generation,
+            });
+        }
         if full {
-            self.complete(trace_id, DecideCause::SpanLimit, out);
+            self.complete_slot(slot, DecideCause::SpanLimit, out);
         }
         self.relieve_memory_pressure(out);
         self.expire(now, out);
@@ -443,16 +720,28 @@ impl Table {
 
     /// When the next timer is due.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.peek().map(|Reverse((due, _))| *due)
+        for bucket in &self.wheel.buckets {
+            let next = bucket
+                .iter()
+                .filter(|t| {
+                    self.live(t.slot, t.generation)
+                        .is_some_and(|e| e.deadline == t.deadline)
+                })
+                .map(|t| t.deadline)
+                .min();
+            if next.is_some() {
+                return next;
+            }
+        }
+        None
     }
 
     /// Hands out every buffered trace (shutdown).
     pub fn drain(&mut self, out: &mut Vec<Ready>) {
-        let ids: Vec<TraceId> = self.traces.keys().copied().collect();
-        for id in ids {
-            self.complete(id, DecideCause::Shutdown, out);
+        for slot in 0..self.slots.len() as u32 {
+            self.complete_slot(slot, DecideCause::Shutdown, out);
         }
-        self.deadlines.clear();
+        self.wheel.clear();
         self.arrivals.clear();
     }
 
@@ -465,51 +754,69 @@ impl Table {
         tenant: TenantId,
         spans: u64,
     ) {
-        if self.limits.decision_cache == 0 {
+        let capacity = self.limits.decision_cache;
+        if capacity == 0 {
             return;
         }
         let known = Remembered {
+            trace_id,
             decision,
             tenant,
             spans,
         };
-        if self.decisions.insert(trace_id, known).is_none() {
-            self.decision_order.push_back(trace_id);
-            while self.decision_order.len() > self.limits.decision_cache {
-                if let Some(old) = self.decision_order.pop_front() {
-                    self.decisions.remove(&old);
-                }
+        if let Some(&at) = self.decisions.get(&trace_id) {
+            // Known already: the newer value replaces it, in its place in the order.
+            if let Some(r) = self.ring.get_mut(at as usize) {
+                *r = Some(known);
             }
+            return;
         }
+        let at = if self.ring.len() < capacity {
+            self.ring.push(Some(known));
+            self.ring.len() - 1
+        } else {
+            let at = self.ring_next;
+            if let Some(old) = self.ring[at].replace(known) {
+                self.decisions.remove(&old.trace_id);
+            }
+            self.ring_next = (at + 1) % capacity;
+            at
+        };
+        self.decisions.insert(trace_id, at as u32);
     }
 
     /// The remembered decision for a trace, if any.
     pub fn decision(&self, trace_id: &TraceId) -> Option<&Decision> {
-        self.decisions.get(trace_id).map(|r| &r.decision)
+        self.remembered(trace_id).map(|r| &r.decision)
+    }
+
+    fn remembered(&self, trace_id: &TraceId) -> Option<&Remembered> {
+        let at = *self.decisions.get(trace_id)?;
+        self.ring.get(at as usize)?.as_ref()
     }
 
     /// Where a trace stands: buffered, decided (while its decision is remembered), or unknown.
     pub fn lookup(&self, trace_id: &TraceId) -> Option<TraceStatus> {
-        if let Some(entry) = self.traces.get(trace_id) {
-            return Some(TraceStatus {
-                state: TraceState::Pending,
-                tenant: entry.tenant.clone(),
-                spans: entry.spans.len() as u64,
-            });
+        if let Some(&slot) = self.traces.get(trace_id) {
+            if let Some(entry) = self.slots.get(slot as usize).and_then(|s| s.entry.as_ref()) {
+                return Some(TraceStatus {
+                    state: TraceState::Pending,
+                    tenant: entry.tenant.clone(),
+                    spans: entry.spans.len() as u64,
+                });
+            }
         }
-        self.decisions.get(trace_id).map(|r| TraceStatus {
+        self.remembered(trace_id).map(|r| TraceStatus {
             state: TraceState::Decided(r.decision.clone()),
             tenant: r.tenant.clone(),
             spans: r.spans,
         })
     }
 
-    fn complete(&mut self, trace_id: TraceId, cause: DecideCause, out: &mut Vec<Ready>) {
-        if let Some(entry) = self.traces.remove(&trace_id) {
-            self.bytes -= entry.bytes;
-            self.spans -= entry.spans.len();
+    fn complete_slot(&mut self, slot: u32, cause: DecideCause, out: &mut Vec<Ready>) {
+        if let Some(entry) = self.release(slot) {
             out.push(Ready::Trace {
-                trace: CompleteTrace::new(trace_id, entry.tenant, entry.spans, cause),
+                trace: CompleteTrace::new(entry.trace_id, entry.tenant, entry.spans, cause),
                 first_seen: entry.first_seen,
             });
         }
@@ -702,5 +1009,125 @@ mod tests {
         let status = t.lookup(&id).unwrap();
         assert!(matches!(status.state, TraceState::Decided(ref d) if d.keep));
         assert_eq!(status.spans, 3, "the late span follows and is counted");
+    }
+
+    #[test]
+    fn stale_timer_of_a_reused_slot_does_not_decide_the_new_trace() {
+        let mut t = Table::new(limits());
+        let start = Instant::now();
+        let mut out = Vec::new();
+        // Trace 1 without root: timer at 30 s; its root at 1 s moves the deadline to 3 s.
+        t.insert(vec![span(1, 2, 1)], start, &mut out);
+        t.insert(
+            vec![span(1, 1, 0)],
+            start + Duration::from_secs(1),
+            &mut out,
+        );
+        t.expire(start + Duration::from_secs(3), &mut out);
+        assert_eq!(
+            traces(&out),
+            vec![(TraceId([1; 16]), 2, DecideCause::RootGrace)]
+        );
+        out.clear();
+        // Trace 2 takes the freed slot at 20 s (deadline 50 s); trace 1's stale 30 s timer
+        // must not decide it.
+        t.insert(
+            vec![span(2, 2, 1)],
+            start + Duration::from_secs(20),
+            &mut out,
+        );
+        assert_eq!(t.slots.len(), 1, "the slot was reused");
+        t.expire(start + Duration::from_secs(31), &mut out);
+        assert!(out.is_empty(), "stale timer skipped: {out:?}");
+        assert_eq!(t.next_deadline(), Some(start + Duration::from_secs(50)));
+        t.expire(start + Duration::from_secs(50), &mut out);
+        assert_eq!(
+            traces(&out),
+            vec![(TraceId([2; 16]), 1, DecideCause::Timeout)]
+        );
+        assert_eq!(t.occupancy(), Occupancy::default());
+    }
+
+    #[test]
+    fn spans_of_one_trace_in_a_batch_are_held_without_slack() {
+        let mut t = Table::new(limits());
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let first: Vec<_> = (2..=5).map(|i| span(1, i, 1)).collect();
+        t.insert(first, now, &mut out);
+        t.insert(vec![span(1, 6, 1), span(1, 7, 1)], now, &mut out);
+        let slot = t.traces[&TraceId([1; 16])] as usize;
+        let entry = t.slots[slot].entry.as_ref().unwrap();
+        assert_eq!(entry.spans.len(), 6);
+        assert_eq!(entry.spans.capacity(), 6);
+        assert_eq!(t.occupancy().spans, 6);
+    }
+
+    #[test]
+    fn interleaved_traces_and_span_limit_inside_a_run() {
+        let mut l = limits();
+        l.max_spans_per_trace = 2;
+        let mut t = Table::new(l);
+        let now = Instant::now();
+        let mut out = Vec::new();
+        t.insert(
+            vec![
+                span(1, 2, 1),
+                span(2, 2, 1),
+                span(1, 3, 1),
+                span(1, 4, 1),
+                span(1, 5, 1),
+            ],
+            now,
+            &mut out,
+        );
+        // Trace 1 reaches 2 spans at its 2nd span; the 4th and 5th start a new trace 1
+        // that reaches the limit again.
+        assert_eq!(
+            traces(&out),
+            vec![
+                (TraceId([1; 16]), 2, DecideCause::SpanLimit),
+                (TraceId([1; 16]), 2, DecideCause::SpanLimit),
+            ]
+        );
+        assert_eq!(t.occupancy().traces, 1);
+        assert_eq!(t.occupancy().spans, 1);
+    }
+
+    #[test]
+    fn decision_cache_refills_after_handing_decisions_away() {
+        let mut t = Table::new(limits());
+        for trace in 1..=10u8 {
+            t.remember(TraceId([trace; 16]), decision(), TenantId::new("t"), 1);
+        }
+        let handed = t.take_decisions_where(&|id| id.0[0] % 2 == 0);
+        assert_eq!(handed.len(), 5);
+        assert!(t.decision(&TraceId([2; 16])).is_none());
+        for trace in 11..=15u8 {
+            t.remember(TraceId([trace; 16]), decision(), TenantId::new("t"), 1);
+        }
+        // Ten remembered again, none evicted: 1, 3, 5, 7, 9, 11..=15.
+        for trace in [1u8, 3, 5, 7, 9, 11, 15] {
+            assert!(t.decision(&TraceId([trace; 16])).is_some(), "{trace}");
+        }
+        t.remember(TraceId([16; 16]), decision(), TenantId::new("t"), 1);
+        assert!(t.decision(&TraceId([1; 16])).is_none(), "oldest goes first");
+        assert!(t.decision(&TraceId([3; 16])).is_some());
+    }
+
+    #[test]
+    fn memory_pressure_evicts_an_adopted_trace_in_arrival_order() {
+        let mut l = limits();
+        l.max_bytes = 2 * span(1, 1, 0).accounted_bytes();
+        let mut t = Table::new(l);
+        let now = Instant::now();
+        let mut out = Vec::new();
+        t.adopt(vec![span(1, 2, 1)], now, false, now, &mut out, &mut |_| {});
+        t.insert(vec![span(2, 2, 1)], now, &mut out);
+        t.insert(vec![span(3, 2, 1)], now, &mut out);
+        assert_eq!(
+            traces(&out),
+            vec![(TraceId([1; 16]), 1, DecideCause::MemoryPressure)]
+        );
     }
 }
