@@ -37,6 +37,7 @@ cargo test --locked --all-targets
 
 echo "== benchmark harness smoke run"
 scripts/bench.sh --smoke
+scripts/bench-signals.sh --smoke
 
 echo "== fuzz targets"
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}" scripts/fuzz.sh
