@@ -90,7 +90,15 @@ fn numbers_for_enum_names(request: &mut serde_json::Value) -> bool {
 
 /// Writes an encoded `ExportTraceServiceRequest` as one line of OTLP/JSON.
 pub fn protobuf_to_json_line(encoded: &[u8], out: &mut Vec<u8>) -> Result<(), JsonError> {
-    let request = ExportTraceServiceRequest::decode(encoded)?;
+    message_to_json_line::<ExportTraceServiceRequest>(encoded, out)
+}
+
+/// Writes an encoded OTLP request of type `M` (traces, metrics, logs) as one line of OTLP/JSON.
+pub fn message_to_json_line<M: Message + Default + serde::Serialize>(
+    encoded: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), JsonError> {
+    let request = M::decode(encoded)?;
     serde_json::to_writer(&mut *out, &request)?;
     out.push(b'\n');
     Ok(())

@@ -165,10 +165,7 @@ fn numbers_for_severity_names(request: &mut serde_json::Value) -> bool {
 
 /// Writes an encoded `ExportLogsServiceRequest` as one line of OTLP/JSON.
 pub fn protobuf_to_json_line(encoded: &[u8], out: &mut Vec<u8>) -> Result<(), JsonError> {
-    let request = ExportLogsServiceRequest::decode(encoded)?;
-    serde_json::to_writer(&mut *out, &request)?;
-    out.push(b'\n');
-    Ok(())
+    super::json::message_to_json_line::<ExportLogsServiceRequest>(encoded, out)
 }
 
 /// The OTLP logs response, with partial success when records were refused.

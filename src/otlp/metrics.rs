@@ -67,10 +67,7 @@ pub fn json_to_protobuf(body: &[u8]) -> Result<Bytes, JsonError> {
 
 /// Writes an encoded `ExportMetricsServiceRequest` as one line of OTLP/JSON.
 pub fn protobuf_to_json_line(encoded: &[u8], out: &mut Vec<u8>) -> Result<(), JsonError> {
-    let request = ExportMetricsServiceRequest::decode(encoded)?;
-    serde_json::to_writer(&mut *out, &request)?;
-    out.push(b'\n');
-    Ok(())
+    super::json::message_to_json_line::<ExportMetricsServiceRequest>(encoded, out)
 }
 
 /// The OTLP metrics response: a full success (points are never refused one by one).
