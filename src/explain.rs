@@ -186,7 +186,7 @@ mod tests {
         );
         let health = reports[1].to_string();
         assert!(
-            health.contains("skipped \"errors\": no single span makes `span.status = \"error\"` true (2 spans checked)"),
+            health.contains("skipped \"errors\": no single span makes `span.status = \"error\" or trace.error_log_count > 0` true (2 spans checked)"),
             "{health}"
         );
         assert!(

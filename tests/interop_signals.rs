@@ -19,8 +19,9 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Keeps traces whose root is `keep-me` under rule `keep`; drops the rest.
-const RULES: &str = "[[rule]]\nname = \"keep\"\nif = 'root.name = \"keep-me\"'\nsample_rate = 1\n\n[[rule]]\nname = \"rest\"\ndrop = true\n";
+/// Keeps traces whose root is `keep-me` under rule `keep` and traces with an ERROR log record
+/// under `error-logs`; drops the rest.
+const RULES: &str = "[[rule]]\nname = \"keep\"\nif = 'root.name = \"keep-me\"'\nsample_rate = 1\n\n[[rule]]\nname = \"error-logs\"\nif = 'trace.error_log_count > 0'\nsample_rate = 1\n\n[[rule]]\nname = \"rest\"\ndrop = true\n";
 
 /// Runs `send_all_signals.py` with `endpoint` and `protocol`; returns what it produced and its stderr.
 async fn run_app(endpoint: String, protocol: &'static str) -> (Value, String) {
@@ -77,7 +78,9 @@ async fn all_signals_through_one_endpoint(protocol: &'static str) {
             .filter_map(|v| v.as_str().map(str::to_string))
             .collect()
     };
-    let (kept, dropped) = (ids("keep-me"), ids("drop-me"));
+    let (dropped, error_logged) = (ids("drop-me"), ids("error-log"));
+    let kept: BTreeSet<String> = ids("keep-me").union(&error_logged).cloned().collect();
+    assert!(!error_logged.is_empty());
     let logs = produced["logs"].as_array().expect("logs");
     let expected_logs: Vec<&Value> = logs.iter().filter(|l| l["span"] != "drop-me").collect();
 
@@ -89,7 +92,10 @@ async fn all_signals_through_one_endpoint(protocol: &'static str) {
     let metrics = backend.wait_for_metrics(1, WAIT).await;
 
     let span_traces: BTreeSet<String> = backend.spans().iter().map(|s| s.trace_id_hex()).collect();
-    assert_eq!(span_traces, kept, "only the keep-me traces are exported");
+    assert_eq!(
+        span_traces, kept,
+        "only the keep-me and error-log traces are exported"
+    );
     assert_eq!(got.len(), expected_logs.len(), "{got:#?}\n{}", proxy.log());
     for want in &expected_logs {
         let body = want["body"].as_str().expect("body");
@@ -105,7 +111,12 @@ async fn all_signals_through_one_endpoint(protocol: &'static str) {
         } else {
             assert_eq!(log.trace_id_hex(), trace_id);
             assert_eq!(log.attr_i64("SampleRate"), Some(1), "{log:?}");
-            assert_eq!(log.attr_str("tailsift.rule"), Some("keep"));
+            let rule = if want["span"] == "error-log" {
+                "error-logs"
+            } else {
+                "keep"
+            };
+            assert_eq!(log.attr_str("tailsift.rule"), Some(rule), "{log:?}");
         }
         assert_eq!(log.resource_attr_str("tenant.id"), Some("acme"));
     }

@@ -543,7 +543,6 @@ async fn in_a_static_cluster_logs_sent_to_any_node_follow_their_trace_to_its_own
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs trace.error_log_count (rules-logs branch)"]
 async fn an_error_log_keeps_its_trace_under_a_rule_that_asks_for_one() {
     let backend = RecordingBackend::start().await;
     let proxy = TailsiftProcess::start_with_rules(

@@ -74,8 +74,25 @@ pub enum Field {
     TraceServiceCount,
     /// `trace.has_root`: whether the root span arrived.
     TraceHasRoot,
+    /// `trace.log_count`: log records held with the trace.
+    TraceLogCount,
+    /// `trace.error_log_count`: log records with severity_number ≥ 17 (ERROR and above).
+    TraceErrorLogCount,
     /// `root.…` or `span.…`: a property of the root span or of each span.
     Span(Scope, SpanField),
+    /// `log.…`: a property of each log record held with the trace.
+    Log(LogField),
+}
+
+/// A property of one log record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogField {
+    /// `severity`: the OTLP severity_number (1–24), or a level name standing for its range.
+    Severity,
+    /// `body`: the record's body when it is a string.
+    Body,
+    /// Any other key: an attribute of the record, else of its resource.
+    Attribute(String),
 }
 
 /// Which span a span field reads.
@@ -164,6 +181,8 @@ pub(crate) enum FieldType {
     Bool,
     Status,
     Kind,
+    /// A log severity: a number, or a level name (`"error"`) standing for its range.
+    Severity,
     /// Attributes: the type is known only at run time.
     Dynamic,
 }
@@ -174,9 +193,11 @@ impl Field {
         match self {
             Field::Tenant => FieldType::Str,
             Field::TraceDuration => FieldType::Duration,
-            Field::TraceSpanCount | Field::TraceErrorCount | Field::TraceServiceCount => {
-                FieldType::Count
-            }
+            Field::TraceSpanCount
+            | Field::TraceErrorCount
+            | Field::TraceServiceCount
+            | Field::TraceLogCount
+            | Field::TraceErrorLogCount => FieldType::Count,
             Field::TraceHasRoot => FieldType::Bool,
             Field::Span(_, f) => match f {
                 SpanField::Name => FieldType::Str,
@@ -184,6 +205,11 @@ impl Field {
                 SpanField::Kind => FieldType::Kind,
                 SpanField::Duration => FieldType::Duration,
                 SpanField::Attribute(_) => FieldType::Dynamic,
+            },
+            Field::Log(f) => match f {
+                LogField::Severity => FieldType::Severity,
+                LogField::Body => FieldType::Str,
+                LogField::Attribute(_) => FieldType::Dynamic,
             },
         }
     }
@@ -200,6 +226,19 @@ impl Expr {
             | Expr::Text { field, .. }
             | Expr::Matches { field, .. }
             | Expr::Exists { field, .. } => matches!(field, Field::Span(Scope::Span, _)),
+        }
+    }
+
+    /// Whether the expression reads `log.` fields (and so is evaluated log record by record).
+    pub fn mentions_log(&self) -> bool {
+        match self {
+            Expr::Or(a, b) | Expr::And(a, b) => a.mentions_log() || b.mentions_log(),
+            Expr::Not(a) => a.mentions_log(),
+            Expr::Compare { field, .. }
+            | Expr::In { field, .. }
+            | Expr::Text { field, .. }
+            | Expr::Matches { field, .. }
+            | Expr::Exists { field, .. } => matches!(field, Field::Log(_)),
         }
     }
 
@@ -286,6 +325,18 @@ impl fmt::Display for Field {
             Field::TraceErrorCount => return f.write_str("trace.error_count"),
             Field::TraceServiceCount => return f.write_str("trace.service_count"),
             Field::TraceHasRoot => return f.write_str("trace.has_root"),
+            Field::TraceLogCount => return f.write_str("trace.log_count"),
+            Field::TraceErrorLogCount => return f.write_str("trace.error_log_count"),
+            Field::Log(LogField::Severity) => return f.write_str("log.severity"),
+            Field::Log(LogField::Body) => return f.write_str("log.body"),
+            Field::Log(LogField::Attribute(key)) => {
+                f.write_str("log.")?;
+                return if is_bare_log_key(key) {
+                    f.write_str(key)
+                } else {
+                    write_str_literal(f, key)
+                };
+            }
             Field::Span(scope, field) => (scope, field),
         };
         f.write_str(match scope {
@@ -305,13 +356,22 @@ impl fmt::Display for Field {
 
 /// Whether an attribute key can be written without quotes after `span.` / `root.`.
 fn is_bare_key(key: &str) -> bool {
-    !matches!(key, "name" | "status" | "kind" | "duration")
-        && key.split('.').all(|seg| {
-            !seg.is_empty()
-                && seg
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        })
+    !matches!(key, "name" | "status" | "kind" | "duration") && is_dotted_words(key)
+}
+
+/// Whether an attribute key can be written without quotes after `log.`.
+fn is_bare_log_key(key: &str) -> bool {
+    !matches!(key, "severity" | "body") && is_dotted_words(key)
+}
+
+/// `a.b_c.d-e`: segments of letters, digits, `_` and `-`.
+fn is_dotted_words(key: &str) -> bool {
+    key.split('.').all(|seg| {
+        !seg.is_empty()
+            && seg
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    })
 }
 
 impl fmt::Display for CmpOp {
@@ -408,4 +468,25 @@ pub(crate) fn kind_from_name(s: &str) -> Option<SpanKind> {
         "consumer" => Some(SpanKind::Consumer),
         _ => None,
     }
+}
+
+/// The lowest severity_number of each OTLP level; a name stands for its range of four
+/// (`"error"` is 17–20).
+pub(crate) const SEVERITY_LEVELS: [(&str, u8); 6] = [
+    ("trace", 1),
+    ("debug", 5),
+    ("info", 9),
+    ("warn", 13),
+    ("error", 17),
+    ("fatal", 21),
+];
+
+/// The lowest severity_number of a level name (`"error"` → 17), any case.
+pub(crate) fn severity_from_name(s: &str) -> Option<u8> {
+    let lower = s.to_ascii_lowercase();
+    let name = if lower == "warning" { "warn" } else { &lower };
+    SEVERITY_LEVELS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, lo)| *lo)
 }

@@ -8,8 +8,8 @@ use std::cell::Cell;
 use std::cmp::Ordering;
 
 use super::ast::{
-    kind_from_name, status_from_name, CmpOp, Expr, Field, FieldType, Literal, Scope, SpanField,
-    TextOp,
+    kind_from_name, severity_from_name, status_from_name, CmpOp, Expr, Field, FieldType, Literal,
+    LogField, Scope, SpanField, TextOp,
 };
 use super::{SpanKind, SpanStatus, SpanView, TraceView, Value};
 
@@ -31,11 +31,19 @@ pub(crate) enum Operand {
     ErrorCount,
     ServiceCount,
     HasRoot,
+    LogCount,
+    ErrorLogCount,
     Name(Scope),
     Status(Scope),
     Kind(Scope),
     Duration(Scope),
     Attr(Scope, Box<str>),
+    /// `log.severity` of the log record being evaluated.
+    Severity,
+    /// `log.body` of the log record being evaluated.
+    Body,
+    /// `log.<key>` of the log record being evaluated.
+    LogAttr(Box<str>),
 }
 
 /// What a test checks about the value.
@@ -58,6 +66,8 @@ pub(crate) enum Lit {
     Dur(u64),
     Status(SpanStatus),
     Kind(SpanKind),
+    /// A severity level name: the lowest number of its range of four.
+    Severity(u8),
 }
 
 /// A value read from a trace.
@@ -124,6 +134,11 @@ pub(crate) fn operand(f: &Field) -> Operand {
         Field::TraceErrorCount => Operand::ErrorCount,
         Field::TraceServiceCount => Operand::ServiceCount,
         Field::TraceHasRoot => Operand::HasRoot,
+        Field::TraceLogCount => Operand::LogCount,
+        Field::TraceErrorLogCount => Operand::ErrorLogCount,
+        Field::Log(LogField::Severity) => Operand::Severity,
+        Field::Log(LogField::Body) => Operand::Body,
+        Field::Log(LogField::Attribute(k)) => Operand::LogAttr(k.as_str().into()),
         Field::Span(scope, sf) => match sf {
             SpanField::Name => Operand::Name(*scope),
             SpanField::Status => Operand::Status(*scope),
@@ -141,6 +156,9 @@ fn lit(ty: FieldType, l: &Literal) -> Lit {
                 status_from_name(s).map_or(Lit::Str(s.as_str().into()), Lit::Status)
             }
             FieldType::Kind => kind_from_name(s).map_or(Lit::Str(s.as_str().into()), Lit::Kind),
+            FieldType::Severity => {
+                severity_from_name(s).map_or(Lit::Str(s.as_str().into()), Lit::Severity)
+            }
             _ => Lit::Str(s.as_str().into()),
         },
         Literal::Int(i) => Lit::Int(*i),
@@ -150,6 +168,9 @@ fn lit(ty: FieldType, l: &Literal) -> Lit {
     }
 }
 
+/// OTLP severity_number of ERROR, the lowest counted by `trace.error_log_count`.
+const ERROR_SEVERITY: u8 = 17;
+
 /// Per-trace context shared by all rules of one decision: trace-wide aggregates are
 /// computed at most once, on first use.
 pub(crate) struct Ctx<'t, T: TraceView> {
@@ -158,6 +179,7 @@ pub(crate) struct Ctx<'t, T: TraceView> {
     duration: Cell<Option<u64>>,
     errors: Cell<Option<u64>>,
     services: Cell<Option<u64>>,
+    error_logs: Cell<Option<u64>>,
 }
 
 impl<'t, T: TraceView> Ctx<'t, T> {
@@ -168,6 +190,7 @@ impl<'t, T: TraceView> Ctx<'t, T> {
             duration: Cell::new(None),
             errors: Cell::new(None),
             services: Cell::new(None),
+            error_logs: Cell::new(None),
         }
     }
 
@@ -185,6 +208,16 @@ impl<'t, T: TraceView> Ctx<'t, T> {
             let t = self.trace;
             (0..t.span_count())
                 .filter(|&i| t.span(i).status() == SpanStatus::Error)
+                .count() as u64
+        })
+    }
+
+    fn error_log_count(&self) -> u64 {
+        Self::cached(&self.error_logs, || {
+            let t = self.trace;
+            (0..t.log_count())
+                .filter_map(|i| t.log(i))
+                .filter(|l| l.severity_number() >= ERROR_SEVERITY)
                 .count() as u64
         })
     }
@@ -234,6 +267,17 @@ impl<'t, T: TraceView> Ctx<'t, T> {
             Operand::ErrorCount => present(Val::Int(self.error_count() as i64)),
             Operand::ServiceCount => present(Val::Int(self.service_count() as i64)),
             Operand::HasRoot => present(Val::Bool(self.root.is_some())),
+            Operand::LogCount => present(Val::Int(self.trace.log_count() as i64)),
+            Operand::ErrorLogCount => present(Val::Int(self.error_log_count() as i64)),
+            // `log.` operands read the record being evaluated, passed where a span would be.
+            Operand::Severity => span.map_or(Fetch::NeedSpan, |l| {
+                present(Val::Int(i64::from(l.severity_number())))
+            }),
+            Operand::Body => span.map_or(Fetch::NeedSpan, |l| match l.body() {
+                Some(b) => present(Val::Str(b)),
+                None => Fetch::Absent,
+            }),
+            Operand::LogAttr(key) => span.map_or(Fetch::NeedSpan, |l| attr(l.attribute(key))),
             Operand::Name(s) => subject(*s).map_or_else(|f| f, |sp| present(Val::Str(sp.name()))),
             Operand::Status(s) => {
                 subject(*s).map_or_else(|f| f, |sp| present(Val::Status(sp.status())))
@@ -242,17 +286,19 @@ impl<'t, T: TraceView> Ctx<'t, T> {
             Operand::Duration(s) => {
                 subject(*s).map_or_else(|f| f, |sp| present(Val::Dur(sp.duration_nanos())))
             }
-            Operand::Attr(s, key) => subject(*s).map_or_else(
-                |f| f,
-                |sp| match sp.attribute(key) {
-                    Some(Value::Str(v)) => present(Val::Str(v)),
-                    Some(Value::Int(v)) => present(Val::Int(v)),
-                    Some(Value::Float(v)) => present(Val::Float(v)),
-                    Some(Value::Bool(v)) => present(Val::Bool(v)),
-                    None => Fetch::Absent,
-                },
-            ),
+            Operand::Attr(s, key) => subject(*s).map_or_else(|f| f, |sp| attr(sp.attribute(key))),
         }
+    }
+}
+
+/// An attribute as a fetched value.
+fn attr(v: Option<Value<'_>>) -> Fetch<'_> {
+    match v {
+        Some(Value::Str(v)) => Fetch::Present(Val::Str(v)),
+        Some(Value::Int(v)) => Fetch::Present(Val::Int(v)),
+        Some(Value::Float(v)) => Fetch::Present(Val::Float(v)),
+        Some(Value::Bool(v)) => Fetch::Present(Val::Bool(v)),
+        None => Fetch::Absent,
     }
 }
 
@@ -346,6 +392,17 @@ fn order(v: Val<'_>, l: &Lit) -> Option<Ordering> {
         (Val::Float(a), Lit::Int(b)) => a.partial_cmp(&(*b as f64)),
         (Val::Float(a), Lit::Float(b)) => a.partial_cmp(b),
         (Val::Dur(a), Lit::Dur(b)) => Some(a.cmp(b)),
+        // A level name is its whole range: `= "error"` holds for 17–20, `> "error"` from 21.
+        (Val::Int(n), Lit::Severity(lo)) => {
+            let lo = i64::from(*lo);
+            Some(if n < lo {
+                Ordering::Less
+            } else if n > lo + 3 {
+                Ordering::Greater
+            } else {
+                Ordering::Equal
+            })
+        }
         _ => None,
     }
 }

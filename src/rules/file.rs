@@ -12,7 +12,7 @@ use toml::Spanned;
 
 use super::parser::{parse_expr, ExprError};
 use super::sampler::{parse_duration, EmaSpec, KeyFields, SamplerSpec};
-use super::{eval, Action, Condition, Diagnostic, Rule, RulesError};
+use super::{eval, Action, Condition, Diagnostic, Each, Rule, RulesError};
 
 /// The validated content of a rules file.
 pub(crate) struct Parsed {
@@ -478,12 +478,8 @@ impl Lists<'_, '_> {
         match parse_expr(text) {
             Ok(expr) => {
                 let node = eval::compile(&expr);
-                let per_span = expr.mentions_span();
-                Some(Condition {
-                    expr,
-                    node,
-                    per_span,
-                })
+                let each = Each::of(&expr);
+                Some(Condition { expr, node, each })
             }
             Err(errors) => {
                 let base = expr_base(self.sink.src, &span, text);

@@ -259,7 +259,46 @@ pub struct Rule {
 struct Condition {
     expr: Expr,
     node: eval::Node,
-    per_span: bool,
+    each: Each,
+}
+
+/// What a condition is evaluated against, one at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Each {
+    /// Trace-level fields only: evaluated once.
+    Trace,
+    /// `span.` fields: true when one span satisfies it all.
+    Span,
+    /// `log.` fields: true when one log record held with the trace satisfies it all.
+    Log,
+}
+
+impl Each {
+    fn of(expr: &Expr) -> Each {
+        if expr.mentions_log() {
+            Each::Log
+        } else if expr.mentions_span() {
+            Each::Span
+        } else {
+            Each::Trace
+        }
+    }
+}
+
+/// How many spans or log records a per-span / per-log condition looks at, and the `i`-th.
+fn subjects<'t, T: TraceView>(
+    trace: &'t T,
+    each: Each,
+) -> (usize, impl Fn(usize) -> Option<&'t T::Span>) {
+    let n = match each {
+        Each::Trace => 0,
+        Each::Span => trace.span_count(),
+        Each::Log => trace.log_count(),
+    };
+    (n, move |i| match each {
+        Each::Log => trace.log(i),
+        _ => Some(trace.span(i)),
+    })
 }
 
 impl Rule {
@@ -285,18 +324,19 @@ impl Rule {
         let Some(cond) = &self.condition else {
             return true;
         };
-        if !cond.per_span {
+        if cond.each == Each::Trace {
             return eval::eval(&cond.node, ctx, None).unwrap_or(false);
         }
-        // The trace-level parts may settle it without looking at any span.
-        let trace = ctx.trace;
-        let n = trace.span_count();
+        // The trace-level parts may settle it without looking at any span or log record.
+        let (n, nth) = subjects(ctx.trace, cond.each);
         if n == 0 {
             return false;
         }
         match eval::eval(&cond.node, ctx, None) {
             Some(settled) => settled,
-            None => (0..n).any(|i| eval::eval(&cond.node, ctx, Some(trace.span(i))) == Some(true)),
+            None => (0..n).any(|i| {
+                nth(i).is_some_and(|s| eval::eval(&cond.node, ctx, Some(s)) == Some(true))
+            }),
         }
     }
 
@@ -306,23 +346,21 @@ impl Rule {
         let Some(cond) = &self.condition else {
             return out;
         };
-        let n = ctx.trace.span_count();
-        if cond.per_span && n == 0 {
-            out.push("the trace has no spans".into());
-        } else if cond.per_span && eval::eval(&cond.node, ctx, None).is_none() {
+        let (n, nth) = subjects(ctx.trace, cond.each);
+        let (one, many) = match cond.each {
+            Each::Log => ("log record", "log records"),
+            _ => ("span", "spans"),
+        };
+        if cond.each != Each::Trace && n == 0 {
+            out.push(format!("the trace has no {many}"));
+        } else if cond.each != Each::Trace && eval::eval(&cond.node, ctx, None).is_none() {
             out.push(format!(
-                "no single span makes `{}` true ({n} span{} checked)",
+                "no single {one} makes `{}` true ({n} {} checked)",
                 cond.expr,
-                if n == 1 { "" } else { "s" }
+                if n == 1 { one } else { many }
             ));
             if n == 1 {
-                eval::why_false(
-                    &cond.expr,
-                    &cond.node,
-                    ctx,
-                    Some(ctx.trace.span(0)),
-                    &mut out,
-                );
+                eval::why_false(&cond.expr, &cond.node, ctx, nth(0), &mut out);
             }
         } else {
             eval::why_false(&cond.expr, &cond.node, ctx, None, &mut out);

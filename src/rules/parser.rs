@@ -13,8 +13,8 @@
 //! expression can report several problems.
 
 use super::ast::{
-    kind_from_name, status_from_name, CmpOp, Expr, Field, FieldType, Literal, Pattern, Scope,
-    SpanField, TextOp,
+    kind_from_name, severity_from_name, status_from_name, CmpOp, Expr, Field, FieldType, Literal,
+    LogField, Pattern, Scope, SpanField, TextOp,
 };
 use super::lexer::{lex, Tok, Token};
 
@@ -61,6 +61,16 @@ pub fn parse_expr(src: &str) -> Result<Expr, Vec<ExprError>> {
         Tok::Eof => Ok(e),
         _ => Err(p.unexpected("`and`, `or` or the end of the expression")),
     });
+    if let Ok(e) = &result {
+        if e.mentions_span() && e.mentions_log() {
+            p.errors.push(ExprError::new(
+                0,
+                src.len(),
+                "one condition cannot read both span.* and log.* fields (which span goes with which log record?)".into(),
+                Some("use trace.error_log_count or trace.log_count beside span.* fields, or write two rules".into()),
+            ));
+        }
+    }
     match result {
         Ok(e) if p.errors.is_empty() => Ok(e),
         Ok(_) => Err(p.errors),
@@ -330,7 +340,7 @@ impl Parser {
         let Tok::Word(prefix) = &first.tok else {
             return Err(self.unexpected("a field such as `span.status` or `tenant`"));
         };
-        let prefix_hint = "fields are tenant, trace.*, root.* and span.*";
+        let prefix_hint = "fields are tenant, trace.*, root.*, span.* and log.*";
         match prefix.as_str() {
             "tenant" => {
                 self.bump();
@@ -344,7 +354,7 @@ impl Parser {
                 }
                 return Ok(Field::Tenant);
             }
-            "trace" | "root" | "span" => {}
+            "trace" | "root" | "span" | "log" => {}
             _ => {
                 let mut end = first.end;
                 // Swallow the rest of the path so the message shows it whole.
@@ -379,10 +389,10 @@ impl Parser {
                 first.end,
                 format!(
                     "`{prefix}` needs a field name, e.g. `{prefix}.{}`",
-                    if prefix == "trace" {
-                        "duration"
-                    } else {
-                        "name"
+                    match prefix.as_str() {
+                        "trace" => "duration",
+                        "log" => "severity",
+                        _ => "name",
                     }
                 ),
                 Some(prefix_hint.into()),
@@ -408,12 +418,14 @@ impl Parser {
                 "error_count" => Field::TraceErrorCount,
                 "service_count" => Field::TraceServiceCount,
                 "has_root" => Field::TraceHasRoot,
+                "log_count" => Field::TraceLogCount,
+                "error_log_count" => Field::TraceErrorLogCount,
                 _ => {
                     return Err(ExprError::new(
                         first.start,
                         seg.end,
                         format!("unknown field `trace.{name}`"),
-                        Some("trace fields are duration, span_count, error_count, service_count, has_root".into()),
+                        Some("trace fields are duration, span_count, error_count, service_count, has_root, log_count, error_log_count".into()),
                     ))
                 }
             };
@@ -433,7 +445,30 @@ impl Parser {
         } else {
             Scope::Span
         };
-        let field = match &seg.tok {
+        let (key, quoted) = self.attribute_path(&seg)?;
+        if prefix == "log" {
+            return Ok(Field::Log(match (quoted, key.as_str()) {
+                (false, "severity") => LogField::Severity,
+                (false, "body") => LogField::Body,
+                _ => LogField::Attribute(key),
+            }));
+        }
+        Ok(Field::Span(
+            scope,
+            match (quoted, key.as_str()) {
+                (false, "name") => SpanField::Name,
+                (false, "status") => SpanField::Status,
+                (false, "kind") => SpanField::Kind,
+                (false, "duration") => SpanField::Duration,
+                _ => SpanField::Attribute(key),
+            },
+        ))
+    }
+
+    /// Reads what follows `root.` / `span.` / `log.`: a quoted key, or dotted words. Returns
+    /// the key and whether it was quoted (a quoted key is always an attribute).
+    fn attribute_path(&mut self, seg: &Token) -> PResult<(String, bool)> {
+        match &seg.tok {
             Tok::Str(key) => {
                 if key.is_empty() {
                     return Err(ExprError::new(
@@ -444,13 +479,12 @@ impl Parser {
                     ));
                 }
                 self.bump();
-                SpanField::Attribute(key.clone())
+                Ok((key.clone(), true))
             }
             Tok::Word(w) => {
                 let mut key = w.clone();
                 let mut end = seg.end;
                 self.bump();
-                let mut segments = 1;
                 loop {
                     let d = self.peek().clone();
                     if d.tok != Tok::Dot || d.start != end {
@@ -463,23 +497,15 @@ impl Parser {
                             key.push('.');
                             key.push_str(w);
                             end = s.end;
-                            segments += 1;
                             self.bump();
                         }
                         _ => return Err(self.unexpected("an attribute name segment after `.`")),
                     }
                 }
-                match (segments, key.as_str()) {
-                    (1, "name") => SpanField::Name,
-                    (1, "status") => SpanField::Status,
-                    (1, "kind") => SpanField::Kind,
-                    (1, "duration") => SpanField::Duration,
-                    _ => SpanField::Attribute(key),
-                }
+                Ok((key, false))
             }
-            _ => return Err(self.unexpected("a field name or a quoted attribute key")),
-        };
-        Ok(Field::Span(scope, field))
+            _ => Err(self.unexpected("a field name or a quoted attribute key")),
+        }
     }
 
     fn text_between(&self, start: usize, end: usize) -> String {
@@ -611,6 +637,13 @@ impl Parser {
                 at,
                 format!("`{field}` is a span kind; compare it with \"server\", \"client\", \"internal\", \"producer\", \"consumer\" or \"unspecified\""),
                 "e.g. root.kind = \"server\"",
+            ),
+            (FieldType::Severity, Literal::Int(n)) if (0..=24).contains(n) => {}
+            (FieldType::Severity, Literal::Str(s)) if severity_from_name(s).is_some() => {}
+            (FieldType::Severity, _) => self.type_error(
+                at,
+                format!("`{field}` is a log severity; compare it with a severity_number 0–24 or a level name"),
+                "e.g. log.severity >= \"error\" (levels: trace, debug, info, warn, error, fatal)",
             ),
             (FieldType::Dynamic, Literal::Duration(_)) => self.type_error(
                 at,

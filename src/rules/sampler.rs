@@ -109,6 +109,11 @@ impl KeyFields {
                         "key field `{name}`: span.* fields differ between spans; use root.*"
                     ))
                 }
+                Field::Log(_) => {
+                    return Err(format!(
+                        "key field `{name}`: log.* fields differ between log records; use trace.error_log_count or root.*"
+                    ))
+                }
                 Field::TraceDuration | Field::Span(_, SpanField::Duration) => {
                     return Err(format!(
                         "key field `{name}`: a duration is not a key (every trace would be its own key)"

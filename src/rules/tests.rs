@@ -3,7 +3,7 @@
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::ast::{CmpOp, Expr, Field, Literal, Pattern, Scope, SpanField, TextOp};
+use super::ast::{CmpOp, Expr, Field, Literal, LogField, Pattern, Scope, SpanField, TextOp};
 use super::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -26,9 +26,20 @@ struct TestSpan {
     root: bool,
     attrs: Vec<(String, Attr)>,
     resource: Vec<(String, Attr)>,
+    /// For log records: severity_number and string body.
+    severity: u8,
+    body: Option<String>,
 }
 
 impl TestSpan {
+    /// A log record with the given severity_number and body.
+    fn log(severity: u8, body: &str) -> Self {
+        TestSpan {
+            severity,
+            body: Some(body.into()),
+            ..TestSpan::new("")
+        }
+    }
     fn new(name: &str) -> Self {
         TestSpan {
             name: name.into(),
@@ -38,6 +49,8 @@ impl TestSpan {
             root: false,
             attrs: Vec::new(),
             resource: Vec::new(),
+            severity: 0,
+            body: None,
         }
     }
     fn root(mut self) -> Self {
@@ -86,6 +99,12 @@ impl SpanView for TestSpan {
     fn is_root(&self) -> bool {
         self.root
     }
+    fn severity_number(&self) -> u8 {
+        self.severity
+    }
+    fn body(&self) -> Option<&str> {
+        self.body.as_deref()
+    }
     fn attribute(&self, key: &str) -> Option<Value<'_>> {
         let found = self
             .attrs
@@ -105,6 +124,7 @@ impl SpanView for TestSpan {
 struct TestTrace {
     tenant: String,
     spans: Vec<TestSpan>,
+    logs: Vec<TestSpan>,
     duration: u64,
 }
 
@@ -113,11 +133,16 @@ impl TestTrace {
         TestTrace {
             tenant: tenant.into(),
             spans,
+            logs: Vec::new(),
             duration: 10_000_000,
         }
     }
     fn took(mut self, nanos: u64) -> Self {
         self.duration = nanos;
+        self
+    }
+    fn with_logs(mut self, logs: Vec<TestSpan>) -> Self {
+        self.logs = logs;
         self
     }
 }
@@ -138,6 +163,12 @@ impl TraceView for TestTrace {
     }
     fn duration_nanos(&self) -> u64 {
         self.duration
+    }
+    fn log_count(&self) -> usize {
+        self.logs.len()
+    }
+    fn log(&self, i: usize) -> Option<&TestSpan> {
+        self.logs.get(i)
     }
 }
 
@@ -1086,7 +1117,7 @@ fn explain_says_why_each_earlier_rule_did_not_match() {
     assert_eq!(names, ["errors", "tagged-tenants", "health-checks"]);
     assert_eq!(
         ex.misses[0].reasons[0],
-        "no single span makes `span.status = \"error\"` true (2 spans checked)"
+        "no single span makes `span.status = \"error\" or trace.error_log_count > 0` true (2 spans checked)"
     );
     assert_eq!(
         ex.misses[1].reasons[0],
@@ -1214,7 +1245,12 @@ fn random_field(rng: &mut SmallRng) -> Field {
     } else {
         Scope::Span
     };
-    match rng.random_range(0..12) {
+    match rng.random_range(0..17) {
+        12 => Field::TraceLogCount,
+        13 => Field::TraceErrorLogCount,
+        14 => Field::Log(LogField::Severity),
+        15 => Field::Log(LogField::Body),
+        16 => Field::Log(LogField::Attribute(random_key(rng))),
         0 => Field::Tenant,
         1 => Field::TraceDuration,
         2 => Field::TraceSpanCount,
@@ -1259,6 +1295,16 @@ fn random_literal(rng: &mut SmallRng, field: &Field, ordering: bool) -> Literal 
             ][rng.random_range(0..6)]
             .into(),
         ),
+        FieldType::Severity => {
+            if rng.random_bool(0.5) {
+                Literal::Int(rng.random_range(0..=24))
+            } else {
+                Literal::Str(
+                    ["trace", "debug", "info", "warn", "error", "fatal"][rng.random_range(0..6)]
+                        .into(),
+                )
+            }
+        }
         FieldType::Dynamic => match rng.random_range(0..if ordering { 3 } else { 4 }) {
             0 => Literal::Str(random_string(rng)),
             1 => Literal::Int(rng.random_range(-1000..1000)),
@@ -1319,7 +1365,10 @@ fn random_expr(rng: &mut SmallRng, depth: u32) -> Expr {
             negated: rng.random(),
         },
         _ => {
-            let ordered = matches!(ty, T::Str | T::Duration | T::Count | T::Dynamic);
+            let ordered = matches!(
+                ty,
+                T::Str | T::Duration | T::Count | T::Dynamic | T::Severity
+            );
             let op = if ordered {
                 [
                     CmpOp::Eq,
@@ -1345,6 +1394,13 @@ fn printed_expressions_parse_back_to_the_same_tree() {
     for i in 0..4000 {
         let e = random_expr(&mut rng, 4);
         let printed = e.to_string();
+        if e.mentions_span() && e.mentions_log() {
+            assert!(
+                parse_expr(&printed).is_err(),
+                "case {i}: {printed} mixes span. and log."
+            );
+            continue;
+        }
         match parse_expr(&printed) {
             Ok(back) => assert_eq!(back, e, "case {i}: {printed}"),
             Err(errs) => panic!("case {i}: {printed}: {errs:?}"),
@@ -1534,4 +1590,149 @@ sample_rate = 1
     let v = empty.evaluate(&ordinary());
     empty.record_hit(&v);
     assert_eq!(empty.unmatched_hits(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Log records held with their trace.
+
+/// `ordinary()` with log records of the given severity_numbers.
+fn with_logs_of(severities: &[u8]) -> TestTrace {
+    ordinary().with_logs(
+        severities
+            .iter()
+            .map(|&n| TestSpan::log(n, "request handled"))
+            .collect(),
+    )
+}
+
+#[test]
+fn a_rule_can_keep_every_trace_with_an_error_log() {
+    let expr = "trace.error_log_count > 0";
+    assert!(holds(expr, &with_logs_of(&[9, 17])), "an ERROR log");
+    assert!(holds(expr, &with_logs_of(&[21])), "FATAL counts too");
+    assert!(
+        !holds(expr, &with_logs_of(&[9, 13, 16])),
+        "INFO and WARN only"
+    );
+    assert!(!holds(expr, &ordinary()), "no logs at all");
+    assert!(holds("trace.log_count = 3", &with_logs_of(&[1, 5, 9])));
+    assert!(holds("trace.log_count = 0", &ordinary()));
+}
+
+#[test]
+fn a_severity_name_stands_for_its_whole_range() {
+    for (n, error_or_worse) in [(16, false), (17, true), (20, true), (21, true)] {
+        assert_eq!(
+            holds("log.severity >= \"error\"", &with_logs_of(&[n])),
+            error_or_worse,
+            "severity_number {n}"
+        );
+    }
+    assert!(holds("log.severity = \"ERROR\"", &with_logs_of(&[18])));
+    assert!(!holds("log.severity = \"error\"", &with_logs_of(&[21])));
+    assert!(holds("log.severity > \"error\"", &with_logs_of(&[21])));
+    assert!(holds("log.severity = \"warning\"", &with_logs_of(&[13])));
+    assert!(holds(
+        "log.severity in [\"warn\", \"error\"]",
+        &with_logs_of(&[14])
+    ));
+    assert!(holds("log.severity >= 17", &with_logs_of(&[17])));
+    assert!(!holds("log.severity < \"info\"", &with_logs_of(&[9, 12])));
+}
+
+#[test]
+fn log_fields_are_read_record_by_record() {
+    let t = ordinary().with_logs(vec![
+        TestSpan::log(9, "cache warm").s("db.system", "redis"),
+        TestSpan::log(17, "upstream timeout").s("db.system", "postgres"),
+    ]);
+    assert!(holds("log.body contains \"timeout\"", &t));
+    assert!(holds(
+        "log.db.system = \"postgres\" and log.severity >= \"error\"",
+        &t
+    ));
+    // No single record is both an ERROR and about redis.
+    assert!(!holds(
+        "log.db.system = \"redis\" and log.severity >= \"error\"",
+        &t
+    ));
+    assert!(holds("log.\"db.system\" exists", &t));
+    assert!(!holds("log.http.route exists", &t));
+    // Trace-level parts combine with per-record ones.
+    assert!(holds(
+        "tenant = \"default\" and log.body matches \"^upstream\"",
+        &t
+    ));
+    assert!(!holds("log.body contains \"timeout\"", &ordinary()));
+}
+
+#[test]
+fn one_condition_cannot_mix_span_and_log_fields() {
+    let d = expr_errors("span.status = \"error\" or log.severity >= \"error\"");
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(d[0].message.contains("both span.* and log.*"), "{d:?}");
+    assert!(
+        d[0].hint
+            .as_deref()
+            .is_some_and(|h| h.contains("trace.error_log_count")),
+        "{d:?}"
+    );
+    // Trace-level log counts beside span fields are fine.
+    assert!(holds(
+        "span.status = \"unset\" and trace.error_log_count = 0",
+        &ordinary()
+    ));
+}
+
+#[test]
+fn a_bad_severity_is_refused_with_the_level_names() {
+    let d = expr_errors("log.severity = \"loud\"");
+    assert!(d[0].message.contains("log severity"), "{d:?}");
+    assert!(
+        d[0].hint
+            .as_deref()
+            .is_some_and(|h| h.contains("warn, error, fatal")),
+        "{d:?}"
+    );
+    assert!(!expr_errors("log.severity > 25").is_empty());
+    let d = expr_errors("trace.error_logs > 0");
+    assert!(
+        d[0].hint
+            .as_deref()
+            .is_some_and(|h| h.contains("error_log_count")),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn explain_says_no_log_record_matched() {
+    let set = RuleSet::parse(
+        "[[rule]]\nname = \"error-logs\"\nif = 'log.severity >= \"error\"'\nsample_rate = 1\n[[rule]]\nname = \"rest\"\nsample_rate = 10\n",
+        "t.toml",
+    )
+    .expect("valid");
+    let ex = set.explain(&with_logs_of(&[9, 13]));
+    assert_eq!(ex.rule.as_deref(), Some("rest"));
+    assert_eq!(
+        ex.misses[0].reasons[0],
+        "no single log record makes `log.severity >= \"error\"` true (2 log records checked)"
+    );
+    let ex = set.explain(&with_logs_of(&[13]));
+    assert_eq!(
+        ex.misses[0].reasons[1],
+        "`log.severity >= \"error\"` is false (log.severity is 13)"
+    );
+    let ex = set.explain(&ordinary());
+    assert_eq!(ex.misses[0].reasons[0], "the trace has no log records");
+    assert_eq!(
+        set.explain(&with_logs_of(&[17])).rule.as_deref(),
+        Some("error-logs")
+    );
+}
+
+#[test]
+fn a_log_field_is_not_a_sampler_key() {
+    let e = super::sampler::KeyFields::compile(&["log.severity"]).expect_err("refused");
+    assert!(e.contains("differ between log records"), "{e}");
+    assert!(super::sampler::KeyFields::compile(&["tenant", "trace.error_log_count"]).is_ok());
 }

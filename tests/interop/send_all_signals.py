@@ -70,14 +70,16 @@ def main():
     counter = meter.create_counter("jobs.done", unit="1")
     histogram = meter.create_histogram("job.duration", unit="ms")
 
-    produced = {"protocol": protocol, "traces": {"keep-me": [], "drop-me": []}, "logs": []}
+    names = ("keep-me", "drop-me", "error-log")
+    produced = {"protocol": protocol, "traces": {n: [] for n in names}, "logs": []}
     for i in range(args.traces):
-        for name in ("keep-me", "drop-me"):
+        for name in names:
             with tracer.start_as_current_span(name) as span:
                 trace_id = format(span.get_span_context().trace_id, "032x")
                 produced["traces"][name].append(trace_id)
                 body = f"{name} log {i}"
-                app_log.info(body)
+                # An ERROR record is what keeps an "error-log" trace (rule `error-logs`).
+                (app_log.error if name == "error-log" else app_log.info)(body)
                 produced["logs"].append({"body": body, "trace_id": trace_id, "span": name})
                 with tracer.start_as_current_span("child"):
                     pass
