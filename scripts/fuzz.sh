@@ -21,6 +21,15 @@ for target in ingest otlp_json rules; do
   mkdir -p "$work/$target"
   cp fuzz/corpus/"$target"/* "$work/$target/"
   echo "== fuzzing $target for ${seconds}s"
-  (cd fuzz && cargo fuzz run -O "$target" "$work/$target" -- -max_total_time="$seconds" -rss_limit_mb=2048 2>&1 | tail -n 3)
+  if ! (cd fuzz && cargo fuzz run -O "$target" "$work/$target" -- -max_total_time="$seconds" -rss_limit_mb=2048 >"$work/$target.log" 2>&1); then
+    # Enough of the fuzzer's output to see the panic and the input that caused it.
+    grep -v '^ *[0-9]*: \|^ *at \|^    #[0-9]' "$work/$target.log" | tail -n 60
+    for crash in fuzz/artifacts/"$target"/*; do
+      [[ -f "$crash" ]] && echo "crashing input $crash (base64): $(base64 -w0 "$crash" | head -c 4096)"
+    done
+    echo "fuzz: target $target crashed"
+    exit 1
+  fi
+  tail -n 3 "$work/$target.log"
 done
 echo "fuzz: all targets ran ${seconds}s each without a crash"
