@@ -43,6 +43,7 @@ impl Workload {
                 scope: Bytes::new(),
                 scope_schema_url: Bytes::new(),
                 content_hash: 0,
+                pass_through: Default::default(),
             }),
             body: Bytes::from(vec![7u8; 350 * SPANS_PER_STEP as usize]),
             fresh_bodies: false,

@@ -362,6 +362,7 @@ mod tests {
                     scope: Default::default(),
                     scope_schema_url: Default::default(),
                     content_hash: 0,
+                    pass_through: Default::default(),
                 }),
                 index,
             }],

@@ -153,6 +153,10 @@ pub struct Origin {
     pub scope_schema_url: Bytes,
     /// Hash of the four byte strings, so export can merge equal origins from different requests.
     pub content_hash: u64,
+    /// Headers of the request the spans came in, sent with them on export
+    /// (`[export] pass_through_headers`); here rather than per span, since a request's spans
+    /// all share them.
+    pub pass_through: PassThrough,
 }
 
 impl Origin {
@@ -163,6 +167,7 @@ impl Origin {
             && self.scope == other.scope
             && self.resource_schema_url == other.resource_schema_url
             && self.scope_schema_url == other.scope_schema_url
+            && self.pass_through == other.pass_through
     }
 }
 
@@ -301,9 +306,6 @@ pub struct SpanIndex {
     pub trace_state: Span32,
     /// The span carries an attribute the proxy itself sets on export (it must be replaced).
     pub has_reserved_attribute: bool,
-    /// Headers of the request the span came in, sent with it on export
-    /// (`[export] pass_through_headers`); shared by every span of the request.
-    pub pass_through: PassThrough,
 }
 
 impl SpanIndex {
@@ -503,6 +505,14 @@ pub struct TraceStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_span_costs_112_bytes_of_bookkeeping_beside_its_payload() {
+        // Every buffered span holds one of these; growing it grows resident memory per span
+        // (BENCHMARKS.md accounts for each byte), so a change here is deliberate.
+        assert_eq!(std::mem::size_of::<SpanIndex>(), 72);
+        assert_eq!(std::mem::size_of::<SpanRecord>(), 112);
+    }
 
     #[test]
     fn trace_id_rejects_wrong_length_and_all_zero() {

@@ -206,11 +206,10 @@ pub fn push_groups(groups: &mut Vec<SpanGroup>, spans: &[SpanRecord], handoff: O
     let mut i = 0;
     while i < spans.len() {
         let origin = &spans[i].origin;
-        let pass_through = &spans[i].index.pass_through;
+        let pass_through = &origin.pass_through;
         let mut j = i + 1;
         while j < spans.len()
             && (Arc::ptr_eq(&spans[j].origin, origin) || spans[j].origin.same_content(origin))
-            && spans[j].index.pass_through == *pass_through
         {
             j += 1;
         }
@@ -272,14 +271,6 @@ pub fn read_group(
         hasher.write_usize(part.len());
         hasher.write(part);
     }
-    let origin = Arc::new(Origin {
-        tenant: TenantId::new(&group.tenant),
-        resource: group.resource,
-        resource_schema_url: group.resource_schema_url,
-        scope: group.scope,
-        scope_schema_url: group.scope_schema_url,
-        content_hash: hasher.finish(),
-    });
     let mut invalid_headers = 0;
     let pass_through = if group.pass_through.is_empty() {
         PassThrough::NONE
@@ -296,6 +287,15 @@ pub fn read_group(
         }
         PassThrough::new(headers)
     };
+    let origin = Arc::new(Origin {
+        tenant: TenantId::new(&group.tenant),
+        resource: group.resource,
+        resource_schema_url: group.resource_schema_url,
+        scope: group.scope,
+        scope_schema_url: group.scope_schema_url,
+        content_hash: hasher.finish(),
+        pass_through,
+    });
     let mut spans = Vec::with_capacity(group.spans.len() + group.logs.len());
     let mut invalid = 0;
     for bytes in group.logs {
@@ -305,8 +305,7 @@ pub fn read_group(
             limits.max_attributes_per_span,
         ) {
             // A forwarded log record always belongs to a trace (untraced ones stay local).
-            Ok(mut index) if index.trace_id != crate::model::TraceId::default() => {
-                index.pass_through = pass_through.clone();
+            Ok(index) if index.trace_id != crate::model::TraceId::default() => {
                 spans.push(SpanRecord {
                     bytes,
                     origin: origin.clone(),
@@ -318,14 +317,11 @@ pub fn read_group(
     }
     for bytes in group.spans {
         match index_span(&bytes, reserved_attributes, limits) {
-            Ok(mut index) => {
-                index.pass_through = pass_through.clone();
-                spans.push(SpanRecord {
-                    bytes,
-                    origin: origin.clone(),
-                    index,
-                })
-            }
+            Ok(index) => spans.push(SpanRecord {
+                bytes,
+                origin: origin.clone(),
+                index,
+            }),
             Err(_) => invalid += 1,
         }
     }
@@ -678,7 +674,7 @@ mod tests {
             assert_eq!(group.invalid_headers, 0);
             assert_eq!(group.spans.len(), 2);
             for span in &group.spans {
-                assert_eq!(span.index.pass_through, team(value));
+                assert_eq!(span.origin.pass_through, team(value));
             }
         }
     }

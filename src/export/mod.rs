@@ -533,10 +533,10 @@ fn split_by_pass_through(batch: Vec<KeptSpans>) -> Vec<(PassThrough, Vec<KeptSpa
     }
     let mut parts: Vec<(PassThrough, Vec<KeptSpans>)> = Vec::new();
     for kept in batch {
-        let Some(first) = kept.spans.first().map(|s| s.index.pass_through.clone()) else {
+        let Some(first) = kept.spans.first().map(|s| s.origin.pass_through.clone()) else {
             continue;
         };
-        if kept.spans.iter().all(|s| s.index.pass_through == first) {
+        if kept.spans.iter().all(|s| s.origin.pass_through == first) {
             part_for(&mut parts, &first).push(kept);
             continue;
         }
@@ -549,10 +549,10 @@ fn split_by_pass_through(batch: Vec<KeptSpans>) -> Vec<(PassThrough, Vec<KeptSpa
         for span in spans {
             match by_set
                 .iter_mut()
-                .find(|(k, _)| *k == span.index.pass_through)
+                .find(|(k, _)| *k == span.origin.pass_through)
             {
                 Some((_, v)) => v.push(span),
-                None => by_set.push((span.index.pass_through.clone(), vec![span])),
+                None => by_set.push((span.origin.pass_through.clone(), vec![span])),
             }
         }
         for (key, spans) in by_set {
@@ -707,10 +707,10 @@ mod tests {
                 scope: Bytes::new(),
                 scope_schema_url: Bytes::new(),
                 content_hash: 0,
+                pass_through,
             }),
             index: SpanIndex {
                 trace_id: crate::model::TraceId([trace; 16]),
-                pass_through,
                 ..Default::default()
             },
         }
@@ -759,7 +759,7 @@ mod tests {
         );
         for (key, part) in &parts {
             for s in part.iter().flat_map(|k| k.spans.iter()) {
-                assert_eq!(&s.index.pass_through, key);
+                assert_eq!(&s.origin.pass_through, key);
             }
         }
     }

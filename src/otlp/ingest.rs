@@ -294,6 +294,7 @@ fn read_scope_spans(
         scope,
         scope_schema_url,
         content_hash: hasher.finish(),
+        pass_through: pass_through.clone(),
     });
     out.spans.reserve(span_ranges.len());
     for span_range in span_ranges {
@@ -315,16 +316,11 @@ fn read_scope_spans(
                 &options.reserved_attributes,
                 options.limits.max_attributes_per_span,
             ) {
-                Ok(mut index) => {
-                    if !pass_through.is_empty() {
-                        index.pass_through = pass_through.clone();
-                    }
-                    out.spans.push(SpanRecord {
-                        bytes,
-                        origin: origin.clone(),
-                        index,
-                    })
-                }
+                Ok(index) => out.spans.push(SpanRecord {
+                    bytes,
+                    origin: origin.clone(),
+                    index,
+                }),
                 Err(why) => out.reject(tenant, why),
             }
             continue;
@@ -345,16 +341,11 @@ fn read_scope_spans(
             _ => request.slice(base + span_range.start..base + span_range.end),
         };
         match index_span(&bytes, &options.reserved_attributes, &options.limits) {
-            Ok(mut index) => {
-                if !pass_through.is_empty() {
-                    index.pass_through = pass_through.clone();
-                }
-                out.spans.push(SpanRecord {
-                    bytes,
-                    origin: origin.clone(),
-                    index,
-                })
-            }
+            Ok(index) => out.spans.push(SpanRecord {
+                bytes,
+                origin: origin.clone(),
+                index,
+            }),
             Err(why) => out.reject(tenant, why),
         }
     }
