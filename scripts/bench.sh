@@ -17,6 +17,8 @@
 #   CONCURRENCY=8  SEED=1  CONFIGS="direct rotel keepall realistic"
 #   OUT=/tmp/tailsift-bench/DATE (per-run logs, reports, summary.md, summary.json)
 #   SKIP_BUILD=1 with TAILSIFT_BIN=... LOADGEN_BIN=... to use prebuilt binaries
+#   PERF=1 (PERF_FREQ=1999, PERF_OPTS="--call-graph dwarf"): record a flat perf profile of the proxy during the load, summary
+#   in OUT/<config>/run<N>/perf.txt (the profiler's own CPU is not the proxy's)
 #   ROTEL_BIN=... to use an installed rotel-agent; ROTEL_PIP_SPEC=rotel (what pip installs)
 set -euo pipefail
 
@@ -274,6 +276,14 @@ EOF
         PIDS+=("$mon_pid")
     fi
 
+    # PERF=1: a flat profile of the proxy while the load runs (perf report -i $dir/perf.data).
+    local perf_pid=""
+    if [[ ${PERF:-0} == 1 && -n $proxy_pid && $config != direct ]]; then
+        perf record -F "${PERF_FREQ:-1999}" ${PERF_OPTS:-} -p "$proxy_pid" -o "$dir/perf.data" \
+            >"$dir/perf.out" 2>&1 &
+        perf_pid=$!
+    fi
+
     log "$config: proxy up, generating load at $target"
     local gen_rc=0
     timeout $((${DUR_S%.*} + 60)) "$LOADGEN_BIN" gen --target "$target" --spans-per-sec "$RATE" \
@@ -281,6 +291,13 @@ EOF
         --report-file "$dir/gen.json" 2>"$dir/gen.err" || gen_rc=$?
     cat "$dir/gen.err" >&2
     [[ -f $dir/gen.json ]] || die "gen wrote no report (exit $gen_rc)"
+    if [[ -n $perf_pid ]]; then
+        kill -INT "$perf_pid" 2>/dev/null || true
+        wait "$perf_pid" 2>/dev/null || true
+        perf report -i "$dir/perf.data" --no-children --sort dso,symbol --percent-limit 0.5 \
+            --stdio --width 120 2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 60 >"$dir/perf.txt" || true
+        log "$config: profile in $dir/perf.txt"
+    fi
 
     local cpu1=0 hwm=0 exit_how=none drained=yes
     if [[ -n $proxy_pid ]]; then

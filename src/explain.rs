@@ -36,9 +36,35 @@ pub fn traces_from_json(
     body: &[u8],
     options: &IngestOptions,
 ) -> Result<(Vec<CompleteTrace>, u64), TraceFileError> {
+    let (spans, rejected) = records_from_json(body, options)?;
+    Ok((group(spans), rejected))
+}
+
+/// Reads an OTLP/JSON trace export request into spans (ungrouped), with the count refused.
+pub fn records_from_json(
+    body: &[u8],
+    options: &IngestOptions,
+) -> Result<(Vec<SpanRecord>, u64), TraceFileError> {
     let request: Bytes = json_to_protobuf(body)?;
     let ingested = ingest_request(&request, None, options)?;
-    Ok((group(ingested.spans), ingested.rejected))
+    Ok((ingested.spans, ingested.rejected))
+}
+
+/// Reads an OTLP/JSON logs export request into log records, to [`group`] with their traces'
+/// spans, with the count refused.
+pub fn log_records_from_json(
+    body: &[u8],
+    options: &IngestOptions,
+) -> Result<(Vec<SpanRecord>, u64), TraceFileError> {
+    let request: Bytes = crate::otlp::logs::json_to_protobuf(body)?;
+    let ingested = crate::otlp::ingest::ingest_logs_with(
+        &request,
+        None,
+        None,
+        &crate::model::PassThrough::NONE,
+        options,
+    )?;
+    Ok((ingested.spans, ingested.rejected))
 }
 
 /// Groups spans by trace id, keeping the order in which trace ids first appear.
@@ -199,6 +225,26 @@ mod tests {
         );
         let rest = reports[3].to_string();
         assert!(rest.contains("not among the 1 in 10 kept"), "{rest}");
+    }
+
+    #[test]
+    fn an_error_log_in_the_logs_file_makes_its_trace_kept_by_the_builtin_errors_rule() {
+        let (mut records, _) = records_from_json(FIXTURE.as_bytes(), &options()).unwrap();
+        let (logs, rejected) =
+            log_records_from_json(include_bytes!("../tests/fixtures/logs.json"), &options())
+                .unwrap();
+        assert_eq!((logs.len(), rejected), (2, 0));
+        records.extend(
+            logs.into_iter()
+                .filter(|l| l.index.trace_id != crate::model::TraceId::default()),
+        );
+        let traces = group(records);
+        let reports = explain_traces(&traces, &RuleSet::builtin());
+        // Without its ERROR log this trace is the 1-in-10 "rest" trace that is dropped.
+        assert_eq!(reports[3].trace_id, "00000000000000000000000000000001");
+        assert_eq!(&*reports[3].decision.rule, "errors");
+        assert!(reports[3].decision.keep);
+        assert_eq!(traces[3].logs.len(), 1);
     }
 
     #[test]

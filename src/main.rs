@@ -92,6 +92,10 @@ enum RulesCommand {
         /// An OTLP/JSON ExportTraceServiceRequest holding one or more traces.
         #[arg(long)]
         trace: PathBuf,
+        /// An OTLP/JSON ExportLogsServiceRequest: its records join the traces they name, for
+        /// rules on `trace.error_log_count` and `log.*`.
+        #[arg(long)]
+        logs: Option<PathBuf>,
         /// Config file, for how tenants are found (`[tenant]`); defaults otherwise.
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -178,9 +182,10 @@ fn main() -> ExitCode {
                 RulesCommand::Test {
                     rules,
                     trace,
+                    logs,
                     config,
                 },
-        } => rules_test(&rules, &trace, config.as_ref()),
+        } => rules_test(&rules, &trace, logs.as_deref(), config.as_ref()),
         Command::Rules {
             command:
                 RulesCommand::Reload {
@@ -198,7 +203,12 @@ fn main() -> ExitCode {
 }
 
 /// `tailsift rules test`: every trace's deciding rule, rate and keep/drop, and the misses.
-fn rules_test(rules: &Path, trace: &Path, config: Option<&PathBuf>) -> ExitCode {
+fn rules_test(
+    rules: &Path,
+    trace: &Path,
+    logs: Option<&Path>,
+    config: Option<&PathBuf>,
+) -> ExitCode {
     let config = match load_config(config) {
         Ok(c) => c,
         Err(e) => {
@@ -229,13 +239,41 @@ fn rules_test(rules: &Path, trace: &Path, config: Option<&PathBuf>) -> ExitCode 
         reserved_attributes: Vec::new(),
         limits: Default::default(),
     };
-    let (traces, rejected) = match tailsift::explain::traces_from_json(&body, &options) {
+    let (mut records, rejected) = match tailsift::explain::records_from_json(&body, &options) {
         Ok(t) => t,
         Err(e) => {
             println!("{}: {e}", trace.display());
             return ExitCode::FAILURE;
         }
     };
+    if let Some(logs) = logs {
+        let read = std::fs::read(logs)
+            .map_err(|e| e.to_string())
+            .and_then(|body| {
+                tailsift::explain::log_records_from_json(&body, &options).map_err(|e| e.to_string())
+            });
+        match read {
+            Ok((log_records, rejected)) => {
+                if rejected > 0 {
+                    println!(
+                        "warning: {rejected} log record(s) in {} have invalid ids and were skipped",
+                        logs.display()
+                    );
+                }
+                // A record without trace id belongs to no trace the rules decide.
+                records.extend(
+                    log_records
+                        .into_iter()
+                        .filter(|r| r.index.trace_id != tailsift::model::TraceId::default()),
+                );
+            }
+            Err(e) => {
+                println!("{}: {e}", logs.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let traces = tailsift::explain::group(records);
     if rejected > 0 {
         println!(
             "warning: {rejected} span(s) in {} have invalid ids and were skipped",
