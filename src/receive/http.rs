@@ -221,12 +221,12 @@ fn http_status(err: &ReceiveError) -> StatusCode {
 }
 
 /// Decompresses a gzip body, refusing output beyond `limit` bytes (a zip bomb stays small).
-fn gunzip(raw: &[u8], limit: usize) -> Result<Bytes, (StatusCode, String)> {
+pub(super) fn gunzip(raw: &[u8], limit: usize) -> Result<Bytes, (StatusCode, String)> {
     read_limited(flate2::read::GzDecoder::new(raw), "gzip", raw.len(), limit)
 }
 
 /// Decompresses a zstd body under the same `limit` as gzip.
-fn unzstd(raw: &[u8], limit: usize) -> Result<Bytes, (StatusCode, String)> {
+pub(super) fn unzstd(raw: &[u8], limit: usize) -> Result<Bytes, (StatusCode, String)> {
     let decoder = zstd::stream::read::Decoder::new(raw)
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("invalid zstd body: {e}")))?;
     read_limited(decoder, "zstd", raw.len(), limit)
