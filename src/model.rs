@@ -335,8 +335,8 @@ pub struct SpanRecord {
 /// Resident bytes a buffered span costs beyond its encoded payload, as the memory budget
 /// charges it: 336 B measured end to end before issue 14, less the 79 B the trace table's
 /// re-layout saves and the 16 B of pass-through headers moved to `Origin`. End to end after
-/// both (`scripts/bench.sh`, BENCHMARKS.md) a buffered span costs 576–586 B resident, i.e.
-/// 172–182 B beyond the mean 404 B payload, so this charge errs on the safe side.
+/// both (`scripts/bench.sh`, BENCHMARKS.md) a buffered span costs 556–617 B resident (medians),
+/// i.e. 152–213 B beyond the mean 404 B payload, so this charge errs on the safe side.
 pub const SPAN_OVERHEAD_BYTES: usize = 241;
 
 impl SpanRecord {
