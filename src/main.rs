@@ -1,5 +1,10 @@
 //! The `tailsift` command: CLI → config → app → run until a signal.
 
+/// `--features jemalloc`: jemalloc instead of glibc malloc, to measure the allocator's share.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
