@@ -218,27 +218,24 @@ impl Field {
 impl Expr {
     /// Whether the expression reads `span.` fields (and so is evaluated span by span).
     pub fn mentions_span(&self) -> bool {
-        match self {
-            Expr::Or(a, b) | Expr::And(a, b) => a.mentions_span() || b.mentions_span(),
-            Expr::Not(a) => a.mentions_span(),
-            Expr::Compare { field, .. }
-            | Expr::In { field, .. }
-            | Expr::Text { field, .. }
-            | Expr::Matches { field, .. }
-            | Expr::Exists { field, .. } => matches!(field, Field::Span(Scope::Span, _)),
-        }
+        self.any_field(&|f| matches!(f, Field::Span(Scope::Span, _)))
     }
 
     /// Whether the expression reads `log.` fields (and so is evaluated log record by record).
     pub fn mentions_log(&self) -> bool {
+        self.any_field(&|f| matches!(f, Field::Log(_)))
+    }
+
+    /// Whether some field the expression reads satisfies `pred`.
+    fn any_field(&self, pred: &dyn Fn(&Field) -> bool) -> bool {
         match self {
-            Expr::Or(a, b) | Expr::And(a, b) => a.mentions_log() || b.mentions_log(),
-            Expr::Not(a) => a.mentions_log(),
+            Expr::Or(a, b) | Expr::And(a, b) => a.any_field(pred) || b.any_field(pred),
+            Expr::Not(a) => a.any_field(pred),
             Expr::Compare { field, .. }
             | Expr::In { field, .. }
             | Expr::Text { field, .. }
             | Expr::Matches { field, .. }
-            | Expr::Exists { field, .. } => matches!(field, Field::Log(_)),
+            | Expr::Exists { field, .. } => pred(field),
         }
     }
 

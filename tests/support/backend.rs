@@ -870,6 +870,22 @@ struct GrpcRecorder {
     shared: Arc<Shared>,
 }
 
+/// A recorded gRPC request's headers, decoded message and bytes as they arrived (re-encoded
+/// when the raw bytes were not captured).
+fn unpack<M: Message>(request: tonic::Request<M>) -> (http::HeaderMap, M, Bytes) {
+    let raw = request
+        .extensions()
+        .get::<RawMessage>()
+        .map(|r| r.0.clone());
+    let headers = match request.extensions().get::<RawHeaders>() {
+        Some(raw) => raw.0.clone(),
+        None => request.metadata().clone().into_headers(),
+    };
+    let request = request.into_inner();
+    let raw = raw.unwrap_or_else(|| Bytes::from(request.encode_to_vec()));
+    (headers, request, raw)
+}
+
 #[tonic::async_trait]
 impl TraceService for GrpcRecorder {
     async fn export(
@@ -879,16 +895,7 @@ impl TraceService for GrpcRecorder {
         if let Verdict::Fail(f) = self.shared.admit().await {
             return Err(grpc_failure(&f));
         }
-        let raw = request
-            .extensions()
-            .get::<RawMessage>()
-            .map(|r| r.0.clone());
-        let headers = match request.extensions().get::<RawHeaders>() {
-            Some(raw) => raw.0.clone(),
-            None => request.metadata().clone().into_headers(),
-        };
-        let request = request.into_inner();
-        let raw = raw.unwrap_or_else(|| Bytes::from(request.encode_to_vec()));
+        let (headers, request, raw) = unpack(request);
         self.shared.record(ReceivedRequest {
             transport: Transport::Grpc,
             headers,
@@ -907,16 +914,7 @@ impl MetricsService for GrpcRecorder {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        let raw = request
-            .extensions()
-            .get::<RawMessage>()
-            .map(|r| r.0.clone());
-        let headers = match request.extensions().get::<RawHeaders>() {
-            Some(raw) => raw.0.clone(),
-            None => request.metadata().clone().into_headers(),
-        };
-        let request = request.into_inner();
-        let raw = raw.unwrap_or_else(|| Bytes::from(request.encode_to_vec()));
+        let (headers, request, raw) = unpack(request);
         self.shared.metrics.lock().unwrap().push(ReceivedMetrics {
             transport: Transport::Grpc,
             headers,
@@ -935,16 +933,7 @@ impl LogsService for GrpcRecorder {
         &self,
         request: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
-        let raw = request
-            .extensions()
-            .get::<RawMessage>()
-            .map(|r| r.0.clone());
-        let headers = match request.extensions().get::<RawHeaders>() {
-            Some(raw) => raw.0.clone(),
-            None => request.metadata().clone().into_headers(),
-        };
-        let request = request.into_inner();
-        let raw = raw.unwrap_or_else(|| Bytes::from(request.encode_to_vec()));
+        let (headers, request, raw) = unpack(request);
         self.shared.logs.lock().unwrap().push(ReceivedLogs {
             transport: Transport::Grpc,
             headers,
