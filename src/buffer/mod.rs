@@ -90,6 +90,11 @@ pub struct Rebalanced {
 /// How often a shard merges its local per-tenant tally into the shared table.
 pub const TALLY_FLUSH_EVERY: Duration = Duration::from_secs(1);
 
+/// Shortest time between two timer wake-ups of a shard: a timer fires at most this late, and
+/// stale timers (traces decided before their deadline) cost at most this many wake-ups a
+/// second instead of one each.
+pub const TIMER_WAKE_EVERY: Duration = Duration::from_millis(1);
+
 /// What every decision reads, shared by all shards; each batch loads one snapshot of each.
 #[derive(Clone)]
 pub struct DecideInputs {
@@ -169,8 +174,11 @@ pub async fn run_shard(
     // Per-tenant counts stay local (no lock, no atomics) and are merged about once a second.
     let mut tally = TenantTally::new(stats.tenants.max_tenants());
     let mut flushed_at = Instant::now();
+    let mut timer_woke_at = Instant::now();
     loop {
-        let deadline = table.next_deadline();
+        let deadline = table
+            .next_deadline()
+            .map(|d| d.max(timer_woke_at + TIMER_WAKE_EVERY));
         let flush_due = (!tally.is_empty()).then_some(flushed_at + TALLY_FLUSH_EVERY);
         tokio::select! {
             biased;
@@ -221,7 +229,8 @@ pub async fn run_shard(
                 intake.close();
             }
             _ = sleep_until(deadline), if deadline.is_some() => {
-                table.expire(Instant::now(), &mut ready);
+                timer_woke_at = Instant::now();
+                table.expire(timer_woke_at, &mut ready);
             }
             _ = sleep_until(flush_due), if flush_due.is_some() => {}
         }

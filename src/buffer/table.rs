@@ -718,22 +718,16 @@ impl Table {
         self.expire(now, out);
     }
 
-    /// When the next timer is due.
+    /// When the shard should next call [`Table::expire`]: the earliest timer of the first
+    /// non-empty bucket. That timer may be stale (its trace was decided, or its deadline moved
+    /// earlier), which costs one wake-up that finds nothing due; checking each timer's trace
+    /// here instead would be a cache miss per timer on every turn of the shard loop.
     pub fn next_deadline(&self) -> Option<Instant> {
-        for bucket in &self.wheel.buckets {
-            let next = bucket
-                .iter()
-                .filter(|t| {
-                    self.live(t.slot, t.generation)
-                        .is_some_and(|e| e.deadline == t.deadline)
-                })
-                .map(|t| t.deadline)
-                .min();
-            if next.is_some() {
-                return next;
-            }
-        }
-        None
+        self.wheel
+            .buckets
+            .iter()
+            .find(|b| !b.is_empty())
+            .and_then(|b| b.iter().map(|t| t.deadline).min())
     }
 
     /// Hands out every buffered trace (shutdown).
