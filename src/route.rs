@@ -267,10 +267,7 @@ impl Router {
     /// Reserves a permit of every shard `spans` touch, waiting at most the queue timeout.
     async fn reserve_local(&self, spans: Vec<SpanRecord>) -> Result<LocalPermits<'_>, RouteError> {
         let n = self.inner.shards.len();
-        let mut parts: Vec<Vec<SpanRecord>> = (0..n).map(|_| Vec::new()).collect();
-        for span in spans {
-            parts[self.shard_of(&span.index.trace_id)].push(span);
-        }
+        let parts = split_compacted(spans, n, |id| self.shard_of(id));
         let reserve = async {
             let mut permits = Vec::with_capacity(n);
             for (i, part) in parts.iter().enumerate() {
@@ -638,9 +635,50 @@ struct LocalPermits<'a> {
 impl LocalPermits<'_> {
     fn send(mut self) {
         for (i, permit) in self.permits {
-            permit.send(ShardMsg::Spans(compact(std::mem::take(&mut self.parts[i]))));
+            permit.send(ShardMsg::Spans(std::mem::take(&mut self.parts[i])));
         }
     }
+}
+
+/// Splits spans into `n` parts by `part_of` and copies each part's bytes into one buffer of
+/// its own, re-pointing each span at its piece (what [`compact`] does per part). Each part's
+/// vector and buffer are allocated once at their exact size: one pass counts, one moves.
+fn split_compacted(
+    spans: Vec<SpanRecord>,
+    n: usize,
+    part_of: impl Fn(&TraceId) -> usize,
+) -> Vec<Vec<SpanRecord>> {
+    if n == 1 {
+        return vec![compact(spans)];
+    }
+    let mut sizes = vec![(0usize, 0usize); n];
+    for s in &spans {
+        let size = &mut sizes[part_of(&s.index.trace_id)];
+        size.0 += 1;
+        size.1 += s.bytes.len();
+    }
+    let mut parts: Vec<(Vec<SpanRecord>, BytesMut)> = sizes
+        .iter()
+        .map(|&(count, bytes)| (Vec::with_capacity(count), BytesMut::with_capacity(bytes)))
+        .collect();
+    for s in &spans {
+        parts[part_of(&s.index.trace_id)]
+            .1
+            .extend_from_slice(&s.bytes);
+    }
+    let mut frozen: Vec<(bytes::Bytes, usize)> = parts
+        .iter_mut()
+        .map(|(_, buf)| (std::mem::take(buf).freeze(), 0))
+        .collect();
+    for mut s in spans {
+        let i = part_of(&s.index.trace_id);
+        let (buf, offset) = &mut frozen[i];
+        let len = s.bytes.len();
+        s.bytes = buf.slice(*offset..*offset + len);
+        *offset += len;
+        parts[i].0.push(s);
+    }
+    parts.into_iter().map(|(p, _)| p).collect()
 }
 
 /// Copies the spans' bytes into one buffer and re-points each span at its part of it.
@@ -658,4 +696,65 @@ fn compact(mut spans: Vec<SpanRecord>) -> Vec<SpanRecord> {
         offset += len;
     }
     spans
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::TenantId;
+    use crate::otlp::ingest::{ingest_request, IngestOptions};
+    use crate::otlp::testdata::{encoded, request, span};
+
+    fn spans(n: u8) -> (bytes::Bytes, Vec<SpanRecord>) {
+        let body = encoded(&request(
+            "acme",
+            (1..=n).map(|i| span(i, i, 0, false)).collect(),
+        ));
+        let options = IngestOptions {
+            tenant_attribute: "tenant.id".into(),
+            default_tenant: TenantId::new("default"),
+            reserved_attributes: Vec::new(),
+            limits: Default::default(),
+        };
+        let ingested = ingest_request(&body, None, &options).expect("valid request");
+        (body, ingested.spans)
+    }
+
+    #[test]
+    fn each_shard_gets_its_spans_in_request_order_in_one_buffer_of_its_own() {
+        let (request_buffer, records) = spans(20);
+        let wanted: Vec<(TraceId, Vec<u8>)> = records
+            .iter()
+            .map(|s| (s.index.trace_id, s.bytes.to_vec()))
+            .collect();
+        let part_of = |id: &TraceId| (id.0[0] % 3) as usize;
+        let parts = split_compacted(records, 3, part_of);
+        assert_eq!(parts.len(), 3);
+        for (i, part) in parts.iter().enumerate() {
+            let expected: Vec<&(TraceId, Vec<u8>)> =
+                wanted.iter().filter(|(id, _)| part_of(id) == i).collect();
+            assert_eq!(part.len(), expected.len());
+            for (s, (id, bytes)) in part.iter().zip(expected) {
+                assert_eq!((&s.index.trace_id, &s.bytes[..]), (id, &bytes[..]));
+            }
+            // One contiguous copy per part: neighbours follow each other, and no span still
+            // points into the request buffer (which it would otherwise keep alive).
+            for pair in part.windows(2) {
+                assert_eq!(
+                    pair[0].bytes.as_ptr().wrapping_add(pair[0].bytes.len()),
+                    pair[1].bytes.as_ptr()
+                );
+            }
+            let inside = request_buffer.as_ptr_range();
+            assert!(part.iter().all(|s| !inside.contains(&s.bytes.as_ptr())));
+        }
+    }
+
+    #[test]
+    fn one_shard_keeps_every_span_in_one_copied_buffer() {
+        let (_, records) = spans(5);
+        let parts = split_compacted(records, 1, |_| 0);
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].len(), 5);
+    }
 }

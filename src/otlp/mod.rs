@@ -96,6 +96,12 @@ pub fn any_value(bytes: &[u8]) -> Result<Option<AnyValue<'_>>, WireError> {
 
 /// The key of an encoded `KeyValue` (empty when it has none or is malformed).
 pub fn find_key(kv: &[u8]) -> &[u8] {
+    // Every encoder writes the key first with a one-byte length: tag 0x0a, length, key.
+    if let [0x0a, len, rest @ ..] = kv {
+        if let Some(key) = rest.get(..usize::from(*len)).filter(|_| *len < 0x80) {
+            return key;
+        }
+    }
     let mut reader = Reader::new(kv);
     while let Ok(Some((field, wire_type))) = reader.key() {
         if field == 1 && wire_type == LEN {
@@ -351,6 +357,21 @@ mod tests {
         assert_eq!(out.spans.len(), 1);
         assert_eq!(out.truncated_attributes, 0);
         assert_eq!(&out.spans[0].bytes[..], &big.encode_to_vec()[..]);
+    }
+
+    #[test]
+    fn find_key_reads_keys_however_they_are_encoded() {
+        let short = kv("http.route", "/api").encode_to_vec();
+        assert_eq!(find_key(&short), b"http.route");
+        let long_key = "k".repeat(200);
+        let long = kv(&long_key, "v").encode_to_vec();
+        assert_eq!(find_key(&long), long_key.as_bytes());
+        // Value first, key second: still found.
+        let mut swapped = long[3 + 200..].to_vec();
+        swapped.extend_from_slice(&short[..12]);
+        assert_eq!(find_key(&swapped), b"http.route");
+        // A length running past the end is no key.
+        assert_eq!(find_key(&[0x0a, 5, b'a']), b"");
     }
 
     #[test]

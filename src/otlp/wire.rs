@@ -58,6 +58,18 @@ impl<'a> Reader<'a> {
     /// Reads a base-128 varint.
     #[inline]
     pub fn varint(&mut self) -> Result<u64, WireError> {
+        // Field keys and most lengths fit in one byte.
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(b));
+            }
+        }
+        self.varint_long()
+    }
+
+    #[inline(never)]
+    fn varint_long(&mut self) -> Result<u64, WireError> {
         let mut value = 0u64;
         for i in 0..10 {
             let Some(&b) = self.buf.get(self.pos) else {
