@@ -640,9 +640,8 @@ impl LocalPermits<'_> {
     }
 }
 
-/// Splits spans into `n` parts by `part_of` and copies each part's bytes into one buffer of
-/// its own, re-pointing each span at its piece (what [`compact`] does per part). Each part's
-/// vector and buffer are allocated once at their exact size: one pass counts, one moves.
+/// Splits spans into `n` parts by `part_of`, each [`compact`]ed into a buffer of its own.
+/// Each part's vector is allocated once at its exact size: one pass counts, one moves.
 fn split_compacted(
     spans: Vec<SpanRecord>,
     n: usize,
@@ -651,34 +650,15 @@ fn split_compacted(
     if n == 1 {
         return vec![compact(spans)];
     }
-    let mut sizes = vec![(0usize, 0usize); n];
+    let mut counts = vec![0usize; n];
     for s in &spans {
-        let size = &mut sizes[part_of(&s.index.trace_id)];
-        size.0 += 1;
-        size.1 += s.bytes.len();
+        counts[part_of(&s.index.trace_id)] += 1;
     }
-    let mut parts: Vec<(Vec<SpanRecord>, BytesMut)> = sizes
-        .iter()
-        .map(|&(count, bytes)| (Vec::with_capacity(count), BytesMut::with_capacity(bytes)))
-        .collect();
-    for s in &spans {
-        parts[part_of(&s.index.trace_id)]
-            .1
-            .extend_from_slice(&s.bytes);
+    let mut parts: Vec<Vec<SpanRecord>> = counts.iter().map(|&c| Vec::with_capacity(c)).collect();
+    for s in spans {
+        parts[part_of(&s.index.trace_id)].push(s);
     }
-    let mut frozen: Vec<(bytes::Bytes, usize)> = parts
-        .iter_mut()
-        .map(|(_, buf)| (std::mem::take(buf).freeze(), 0))
-        .collect();
-    for mut s in spans {
-        let i = part_of(&s.index.trace_id);
-        let (buf, offset) = &mut frozen[i];
-        let len = s.bytes.len();
-        s.bytes = buf.slice(*offset..*offset + len);
-        *offset += len;
-        parts[i].0.push(s);
-    }
-    parts.into_iter().map(|(p, _)| p).collect()
+    parts.into_iter().map(compact).collect()
 }
 
 /// Copies the spans' bytes into one buffer and re-points each span at its part of it.
